@@ -1,0 +1,84 @@
+"""The one interface every backend implements: requests in, a stream of finished samples out.
+
+A request asks for some samples of one problem (doc). The harness derives every sample's seed from
+(run seed, doc id, sample index), so a resumed run asks only for the missing indices and still gets
+the same draws, and a backend that honours `seeds` is deterministic whatever its batching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    logprobs: int | None = None  # None: none; 0: chosen token only; k: plus top-k alternatives
+    ignore_eos: bool = False
+
+    def replace(self, **kw: Any) -> "SamplingParams":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclass(slots=True)
+class GenerationRequest:
+    request_id: str
+    doc_id: str
+    prompt: str  # fully rendered text (chat template already applied when the task asks for it)
+    params: SamplingParams
+    sample_indices: list[int]  # which of the doc's samples to produce (all of range(n) on a fresh run)
+    seeds: list[int]  # one per entry of sample_indices
+    messages: list[dict[str, str]] | None = None  # the chat form, for chat-API backends
+
+    def __post_init__(self) -> None:
+        assert len(self.sample_indices) == len(self.seeds), "one seed per requested sample"
+
+
+@dataclass(slots=True)
+class Completion:
+    request_id: str
+    doc_id: str
+    sample_idx: int
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"  # stop | length | error | abort
+    stop_reason: str | int | None = None  # the stop string or token id that ended it
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    logprobs: list[float] | None = None
+    ttft: float | None = None  # seconds from submission to first token
+    latency: float | None = None  # seconds from submission to finish
+    error: str | None = None
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Backend(Protocol):
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
+        """Yield one Completion per requested sample as soon as it finishes, in any order.
+        A request that fails yields error completions for its samples; it never stops the stream."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What results.json records: model id/path, revision, dtype, chat-template hash, engine config."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """A transformers tokenizer (chat template, token counts), or None for remote backends."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import tiny
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir() -> Path:
+    if not (tiny.GSM8K_DIR / "test.jsonl").exists():
+        pytest.fail(f"GSM8K data not found at {tiny.GSM8K_DIR} (set HARNESS_SHARED)")
+    return tiny.GSM8K_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny-tokenizer")
+    tiny.build_tokenizer(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, tiny_tokenizer_dir):
+    """tiny_model_factory(arch, **config_overrides) -> a saved model directory (cached per args)."""
+    cache: dict = {}
+
+    def make(arch: str = "llama", **overrides) -> Path:
+        key = (arch, tuple(sorted(overrides.items())))
+        if key not in cache:
+            d = tmp_path_factory.mktemp(f"tiny-{arch}")
+            cache[key] = tiny.build_tiny_model(d, arch, tokenizer_dir=tiny_tokenizer_dir, **overrides)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")
