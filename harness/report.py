@@ -11,13 +11,13 @@ from harness.rundir import write_text_atomic
 def metric_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, float, float | None, list | None]]:
     """(filter, metric, value, stderr, ci) for every reported metric, in a stable, readable order."""
     for filt, ms in results.get("metrics", {}).items():
-        names = [k for k in ms if not k.endswith(("_stderr", "_ci"))]
+        names = [k for k in ms if not k.endswith(("_stderr", "_ci")) and k not in ("n_problems", "n_samples")]
         for name in sorted(names, key=_metric_order):
             yield filt, name, ms[name], ms.get(f"{name}_stderr"), ms.get(f"{name}_ci")
 
 
 def _metric_order(name: str) -> tuple:
-    families = ["acc", "mean@n", "maj@", "pass@", "invalid_rate", "truncation_rate", "mean_gen_tokens", "median_gen_tokens"]
+    families = ["acc", "mean@", "maj@", "pass@", "invalid_rate", "truncation_rate", "mean_gen_tokens", "median_gen_tokens"]
     for i, fam in enumerate(families):
         if name == fam or (fam.endswith("@") and name.startswith(fam)):
             k = name.split("@", 1)[1] if fam.endswith("@") else "0"

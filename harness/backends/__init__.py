@@ -1,0 +1,55 @@
+"""Backend registry: `get_backend(name, model, **options) -> Backend`, importing lazily.
+
+Each backend module is imported only when asked for, so `harness` stays importable without the
+optional dependencies of the backends it does not use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from harness import HarnessError
+from harness.backends.base import Backend, Completion, GenerationRequest, SamplingParams
+
+# name -> (module, class); the class is constructed as cls(model: ResolvedModel, **options)
+_BACKENDS: dict[str, tuple[str, str]] = {
+    "hf": ("harness.backends.hf", "HFBackend"),
+    "engine": ("harness.backends.engine", "EngineBackend"),
+}
+_RESERVED = {
+    "openai": "an OpenAI-compatible API client",
+    "vllm": "vLLM",
+}
+
+
+def available_backends() -> list[str]:
+    """Registered backend names (whether their modules import is checked only on use)."""
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str, model: Any, **options: Any) -> Backend:
+    """Build backend `name` for `model` (a ResolvedModel, or a string resolved by harness.models)."""
+    key = (name or "").strip().lower()
+    if key in _RESERVED:
+        raise HarnessError(f"backend {key!r} ({_RESERVED[key]}) is not available yet; use one of: {', '.join(available_backends())}")
+    if key not in _BACKENDS:
+        raise HarnessError(f"unknown backend {name!r}; choose from: {', '.join(available_backends())}")
+    module_name, cls_name = _BACKENDS[key]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise HarnessError(f"backend {key!r} is not available: module {module_name} is missing") from None
+        raise HarnessError(f"backend {key!r} cannot be loaded: {module_name} needs {e.name!r}, which is not installed") from None
+    cls = getattr(module, cls_name, None)
+    if cls is None:
+        raise HarnessError(f"backend {key!r} is not available: {module_name} has no {cls_name}")
+    if isinstance(model, str):
+        from harness.models import resolve_model
+
+        model = resolve_model(model)
+    return cls(model, **options)
+
+
+__all__ = ["Backend", "Completion", "GenerationRequest", "SamplingParams", "available_backends", "get_backend"]
