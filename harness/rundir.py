@@ -140,6 +140,12 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
     yield from read_samples(path)
 
 
+def doc_sort_key(doc_id: object) -> tuple:
+    """Numeric ids in numeric order, then other ids alphabetically."""
+    s = str(doc_id)
+    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+
+
 def group_by_doc(rows: Iterable[dict]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in rows:

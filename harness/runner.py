@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from harness import HarnessError, __version__
 from harness.backends.base import Completion, GenerationRequest
-from harness.rundir import RunDir, SampleWriter, group_by_doc, read_samples, write_json_atomic, write_text_atomic
+from harness.rundir import RunDir, SampleWriter, doc_sort_key, group_by_doc, read_samples, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -210,10 +210,34 @@ def _sample_row(c: Completion, grader: Any, spec: Any, target: str, prompt_hash:
     }
 
 
+def doc_samples(rows: list[dict], filt: str, comparator: str | None = None) -> list:
+    """metrics.DocSamples per problem (sorted by doc id) for one filter, from sample rows. With the
+    math comparator, equivalent answers with different canonical keys are merged per problem before
+    voting (graders.cluster_keys)."""
+    from harness import metrics
+    from harness.graders import cluster_keys
+
+    def keys(v: list[dict]) -> list[str | None]:
+        ks = [(r.get("keys") or {}).get(filt) for r in v]
+        if comparator == "math":
+            merged = cluster_keys([(r.get("answers") or {}).get(filt) for r in v], "math")
+            ks = [m if k is not None else None for k, m in zip(ks, merged)]
+        return ks
+
+    return [
+        metrics.DocSamples(
+            doc_id=d,
+            keys=keys(v),
+            correct=[bool((r.get("scores") or {}).get(filt, 0.0)) for r in v],
+            finish_reasons=[r.get("finish_reason") or "" for r in v],
+            gen_tokens=[int(r.get("generated_tokens") or 0) for r in v],
+        )
+        for d, v in sorted(group_by_doc(rows).items(), key=lambda kv: doc_sort_key(kv[0]))
+    ]
+
+
 def build_results(spec: Any, rows: list[dict], grader: Any, ks: list[int] | None) -> dict[str, Any]:
-    """Metrics per filter from the samples on disk (the only source, so resumed runs agree).
-    Votes use the grader's keys; for the math comparator equivalent answers with different
-    canonical keys are merged per problem first (grader.vote_keys)."""
+    """Metrics per filter from the samples on disk (the only source, so resumed runs agree)."""
     from harness import metrics
 
     by_doc = group_by_doc(rows)
@@ -225,28 +249,7 @@ def build_results(spec: Any, rows: list[dict], grader: Any, ks: list[int] | None
     out: dict[str, Any] = {"n_problems": len(by_doc), "n_samples": len(rows), "ks": ks,
                            "primary_filter": getattr(spec, "primary_filter", None), "metrics": {}}
     out["errors"] = sum(1 for r in rows if r.get("error"))
-    merge_votes = getattr(grader, "comparator", None) is not None and grader.comparator.name == "math"
     for f in grader.filter_names:
-        def keys(v: list[dict]) -> list[str | None]:
-            ks_ = [(r.get("keys") or {}).get(f) for r in v]
-            if merge_votes:
-                merged = grader.vote_keys([(r.get("answers") or {}).get(f) for r in v])
-                ks_ = [m if k is not None else None for k, m in zip(ks_, merged)]
-            return ks_
-
-        docs = [
-            metrics.DocSamples(
-                doc_id=d,
-                keys=keys(v),
-                correct=[bool(r["scores"].get(f, 0.0)) if r.get("scores") else False for r in v],
-                finish_reasons=[r["finish_reason"] for r in v],
-                gen_tokens=[r["generated_tokens"] for r in v],
-            )
-            for d, v in sorted(by_doc.items(), key=lambda kv: _doc_sort_key(kv[0]))
-        ]
-        out["metrics"][f] = metrics.compute_metrics(docs, ks)
+        out["metrics"][f] = metrics.compute_metrics(doc_samples(rows, f, grader.comparator.name), ks)
     return out
 
-
-def _doc_sort_key(doc_id: str) -> tuple:
-    return (0, int(doc_id), "") if doc_id.isdigit() else (1, 0, doc_id)
