@@ -36,6 +36,10 @@ def uniforms(seeds: np.ndarray | list[int], steps: np.ndarray | list[int]) -> to
     return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)))
 
 
+# Draws are decided on the most likely tokens first; see `sample`.
+NUM_CANDIDATES = 128
+
+
 def sample(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -48,38 +52,95 @@ def sample(
 
     temperature [B] (0 = greedy), top_k [B] int (0 = off), top_p [B], min_p [B] (0 = off),
     u [B] uniforms from `uniforms`. Ties resolve to the lowest token id (stable sort).
+
+    The draw is inverse-CDF sampling over the filtered distribution in descending-probability
+    order. Sorting the whole vocabulary for that is the slow part, so the NUM_CANDIDATES most
+    likely tokens are sorted first: a row is settled by them when its filters cut inside them, or
+    when its draw lands inside them; only the remaining rows sort the whole vocabulary
+    (`_sample_sorted`). Both give the same token up to float rounding of the normaliser.
     """
     logits = logits.float()
-    out = torch.argmax(logits, dim=-1)
     sampled = temperature > 0
     if not bool(sampled.any()):
-        return out
+        return torch.argmax(logits, dim=-1)
+    if bool(sampled.all()):
+        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    else:
+        out = torch.argmax(logits, dim=-1)
     rows = sampled.nonzero().squeeze(1)
     x = logits[rows] / temperature[rows].unsqueeze(1).to(logits.dtype)
-    k = top_k[rows]
+    k, p, m, ur = top_k[rows], top_p[rows].to(x.dtype), min_p[rows].to(x.dtype), u.to(rows.device)[rows]
+    vocab = x.shape[-1]
+    num = min(vocab, max(NUM_CANDIDATES, int(k.max())))
+    vals, idx = _sorted_top(x, num)
+    probs = torch.exp(vals - torch.logsumexp(x, dim=-1, keepdim=True))  # true probabilities
+    keep = _keep_mask(probs, k, p, m)
+    kept = torch.where(keep, probs, torch.zeros_like(probs)).double()
+    cdf = torch.cumsum(kept, dim=-1)
+    mass = cdf[:, -1]
+    # the filters cut inside the candidates: by top-k, by top-p, or by min-p
+    settled = ((k > 0) & (k <= num)) | (probs.sum(-1) >= p) | (probs[:, -1] < m * probs[:, 0]) | (num == vocab)
+    # no filter at all beyond the candidates: the total is known, and a draw that stops inside
+    # the candidates is settled too
+    unfiltered = ~settled & (p >= 1.0) & (m <= 0.0)
+    total = torch.where(unfiltered, mass + (1.0 - probs.double().sum(-1)).clamp(min=0.0), mass)
+    target = ur * total
+    settled |= unfiltered & (target < mass)
+    pick = torch.searchsorted(cdf, target.unsqueeze(1), right=True).clamp_(max=num - 1)
+    chosen = idx.gather(1, pick).squeeze(1)
+    if not bool(settled.all()):
+        rest = (~settled).nonzero().squeeze(1)
+        chosen[rest] = _sample_sorted(x[rest], k[rest], p[rest], m[rest], ur[rest])
+    out[rows] = chosen
+    return out
+
+
+def _sorted_top(x: torch.Tensor, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The num largest entries per row, descending, equal values ordered by token id."""
+    if num >= x.shape[-1]:
+        return torch.sort(x, dim=-1, descending=True, stable=True)
+    vals, idx = torch.topk(x, num, dim=-1, sorted=True)
+    # topk breaks ties arbitrarily; re-sort equal values by token id for determinism
+    order = torch.argsort(idx, dim=-1, stable=True)
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    order = torch.argsort(vals, dim=-1, descending=True, stable=True)
+    return vals.gather(1, order), idx.gather(1, order)
+
+
+def _keep_mask(probs: torch.Tensor, k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """Which of the descending-sorted probabilities survive top-k, then top-p (measured on the
+    top-k renormalised distribution, as HF's and vLLM's processors do), then min-p. The rows of
+    `probs` are either whole distributions or their leading part holding every top-k token."""
+    rank = torch.arange(probs.shape[-1], device=probs.device).unsqueeze(0)
+    in_top_k = (k.unsqueeze(1) <= 0) | (rank < k.unsqueeze(1))
+    norm = torch.where(k > 0, (probs * in_top_k).sum(-1), torch.ones_like(top_p))
+    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above this token
+    keep = in_top_k & (before < (top_p * norm).unsqueeze(1))
+    keep &= probs >= min_p.unsqueeze(1) * probs[:, :1]
+    keep[:, 0] = True
+    return keep
+
+
+def _sample_sorted(x: torch.Tensor, k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The reference algorithm over the whole (temperature-scaled) vocabulary."""
     vocab = x.shape[-1]
     # A top-k bound lets us sort k entries instead of the vocabulary; top-p alone needs all of it.
     k_eff = vocab if bool((k <= 0).any()) else min(int(k.max()), vocab)
-    if k_eff < vocab:
-        vals, idx = torch.topk(x, k_eff, dim=-1, sorted=True)
-        # topk breaks ties arbitrarily; re-sort equal values by token id for determinism
-        order = torch.argsort(idx, dim=-1, stable=True)
-        vals, idx = vals.gather(1, order), idx.gather(1, order)
-        order = torch.argsort(vals, dim=-1, descending=True, stable=True)
-        vals, idx = vals.gather(1, order), idx.gather(1, order)
-    else:
-        vals, idx = torch.sort(x, dim=-1, descending=True, stable=True)
+    vals, idx = _sorted_top(x, k_eff)
     probs = torch.softmax(vals, dim=-1)
-    rank = torch.arange(vals.shape[-1], device=vals.device).unsqueeze(0)
-    keep = torch.ones_like(probs, dtype=torch.bool)
-    keep &= (k.unsqueeze(1) <= 0) | (rank < k.unsqueeze(1))
-    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above this token
-    keep &= before < top_p[rows].unsqueeze(1).to(probs.dtype)
-    keep &= probs >= min_p[rows].unsqueeze(1).to(probs.dtype) * probs[:, :1]
-    keep[:, 0] = True
+    keep = _keep_mask(probs, k, top_p, min_p)
     probs = torch.where(keep, probs, torch.zeros_like(probs)).double()
     cdf = torch.cumsum(probs, dim=-1)
-    target = (u[rows].to(cdf.device) * cdf[:, -1]).unsqueeze(1)
+    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(1)
     pick = torch.searchsorted(cdf, target, right=True).clamp_(max=vals.shape[-1] - 1)
-    out[rows] = idx.gather(1, pick).squeeze(1)
-    return out
+    return idx.gather(1, pick).squeeze(1)
+
+def logprobs(logits: torch.Tensor, chosen: torch.Tensor, num_top: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probabilities under the model's own distribution (raw logits, temperature 1, no
+    filtering): the chosen token's [B], and the top num_top (values, token ids) [B, num_top]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen_lp = logp.gather(1, chosen.view(-1, 1).to(logp.device)).squeeze(1)
+    if num_top <= 0:
+        return chosen_lp, None, None
+    top_vals, top_ids = torch.topk(logp, min(num_top, logp.shape[-1]), dim=-1)
+    return chosen_lp, top_vals, top_ids

@@ -1,0 +1,104 @@
+"""Online API: per-request async streaming over one shared engine loop.
+
+One background task owns the engine. Requests and aborts are queued as commands and applied
+between steps by that task, so the engine is never touched from two places at once; each step
+runs in a worker thread (the event loop stays responsive) and its outputs are routed to the
+per-request queues that `generate` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from os import PathLike
+from typing import AsyncIterator
+
+from engine.config import EngineConfig
+from engine.llm_engine import EngineStats, LLMEngine
+from engine.sampling_params import SamplingParams
+from engine.sequence import RequestOutput
+
+
+class AsyncLLM:
+    def __init__(self, model: str | PathLike, **config):
+        self.engine = LLMEngine(EngineConfig(model=str(model), **config))
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._commands: list[tuple] = []
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.engine.stats
+
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield the request's cumulative output after every step it makes progress in; the
+        last one has finished=True (finish_reason "abort" on the samples if aborted)."""
+        request_id = f"async-{next(self._ids)}" if request_id is None else request_id
+        if request_id in self._queues:
+            raise ValueError(f"request id {request_id!r} is already running")
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[request_id] = queue
+        self._submit(("add", prompt, params, request_id))
+        finished = False
+        try:
+            while not finished:
+                out = await queue.get()
+                if isinstance(out, BaseException):
+                    raise out
+                finished = out.finished
+                yield out
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:  # the consumer walked away: stop computing for it
+                self._submit(("abort", request_id))
+
+    def abort(self, request_id: str) -> None:
+        self._submit(("abort", request_id))
+
+    def _submit(self, command: tuple) -> None:
+        self._commands.append(command)
+        if self._task is None or self._task.done():
+            self._wakeup = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        engine = self.engine
+        try:
+            while True:
+                commands, self._commands = self._commands, []
+                for cmd in commands:
+                    if cmd[0] == "add":
+                        engine.add_request(cmd[1], cmd[2], cmd[3], stream=True)
+                    else:
+                        engine.abort_request(cmd[1])
+                if not engine.has_unfinished_requests():
+                    self._wakeup.clear()
+                    if not self._commands:
+                        await self._wakeup.wait()
+                    continue
+                for out in await asyncio.to_thread(engine.step):
+                    queue = self._queues.get(out.request_id)
+                    if queue is not None:
+                        queue.put_nowait(out)
+        except Exception as exc:  # surface engine failures to every waiting consumer
+            for queue in self._queues.values():
+                queue.put_nowait(exc)
+            raise
+
+    async def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None

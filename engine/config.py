@@ -1,0 +1,92 @@
+"""Engine configuration: what the user sets, checked once at start with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+GiB = 1 << 30
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EngineConfigError(ValueError):
+    """An impossible setting; the message is one line that says what to change."""
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str = ""  # a local HF-format directory
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, fp32 on CPU)
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9  # CUDA: fraction of device memory the engine may use
+    kv_cache_memory: int | None = None  # CPU: KV bytes (default min(2 GiB, 25% of RAM))
+    num_kv_blocks: int | None = None  # explicit block count (tests); overrides both budgets
+    max_num_seqs: int = 256  # sequences (samples) per step and in the running set
+    max_num_batched_tokens: int | None = None  # tokens per step (default 8192 CUDA, 2048 CPU)
+    enable_prefix_caching: bool = True
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0  # seeds requests that bring no seed of their own
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Settings that are wrong whatever the model; the rest is checked in `resolve`."""
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise EngineConfigError(f"block_size must be a power of two, got {self.block_size}")
+        if self.dtype not in ("auto", *DTYPES):
+            raise EngineConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise EngineConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "max_model_len", "kv_cache_memory"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise EngineConfigError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        assert self.dtype != "auto", "resolve() first"
+        return DTYPES[self.dtype]
+
+    def resolve(self, hf_config: Any) -> "EngineConfig":
+        """A copy with device, dtype, max_model_len and the batch budget filled in and checked
+        against the model. The KV block count is decided by the model runner (it needs the model)."""
+        cfg = dataclasses.replace(self)
+        if cfg.device == "auto":
+            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        on_cuda = cfg.device.startswith("cuda")
+        if on_cuda and not torch.cuda.is_available():
+            raise EngineConfigError(f"device={cfg.device!r} but CUDA is not available")
+        if cfg.dtype == "auto":
+            cfg.dtype = "bfloat16" if on_cuda else "float32"
+        model_len = getattr(hf_config, "max_position_embeddings", None)
+        if cfg.max_model_len is None:
+            if model_len is None:
+                raise EngineConfigError("the model config has no max_position_embeddings; set max_model_len")
+            cfg.max_model_len = int(model_len)
+        elif model_len is not None and cfg.max_model_len > model_len:
+            raise EngineConfigError(
+                f"max_model_len={cfg.max_model_len} exceeds the model's max_position_embeddings={model_len}"
+            )
+        if cfg.max_num_batched_tokens is None:
+            cfg.max_num_batched_tokens = 8192 if on_cuda else 2048
+        if cfg.kv_cache_memory is None and not on_cuda:
+            cfg.kv_cache_memory = default_cpu_kv_bytes()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_cpu_kv_bytes() -> int:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2 * GiB
+    return int(min(2 * GiB, ram // 4))

@@ -1,0 +1,278 @@
+"""The step loop: schedule, run the model, sample, detokenise, stop, report."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from engine import sampler
+from engine.block_manager import BlockManager, cdiv
+from engine.config import EngineConfig
+from engine.model_runner import ModelRunner
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import RequestOutput, Sequence, SequenceGroup
+
+
+@dataclass(slots=True)
+class EngineStats:
+    num_blocks: int
+    block_size: int
+    blocks_in_use: int
+    peak_blocks_in_use: int
+    steps: int
+    requests_added: int
+    requests_rejected: int
+    prompt_tokens: int  # submitted (admitted requests)
+    prompt_tokens_computed: int  # prompt positions whose K/V were computed (recompute included)
+    prompt_tokens_cached: int  # served by the prefix cache at first admission
+    tokens_computed: int  # all positions run through the model
+    generated_tokens: int
+    num_preemptions: int
+    prefix_cache_hit_rate: float
+    elapsed_s: float  # from the first step to the last
+    forward_s: float
+    sample_s: float
+
+    @property
+    def generated_tokens_per_s(self) -> float:
+        return self.generated_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "generated_tokens_per_s": self.generated_tokens_per_s}
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, tokenizer=None):
+        from transformers import AutoConfig, AutoTokenizer
+
+        hf_config = AutoConfig.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        self.config = config.resolve(hf_config)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(config.model, trust_remote_code=config.trust_remote_code)
+        self.runner = ModelRunner(self.config, hf_config)
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(self.config, self.block_manager)
+        self.eos_token_ids = _eos_ids(self.runner.model, self.tokenizer)
+        self._ids = itertools.count()
+        self._next_seq_id = 0
+        self._pending: list[RequestOutput] = []  # rejected/aborted requests, reported at the next step
+        self._counters = dict(steps=0, requests_added=0, requests_rejected=0, prompt_tokens=0, generated_tokens=0,
+                              forward_s=0.0, sample_s=0.0)
+        self._first_step: float | None = None
+        self._last_step: float | None = None
+
+    # --- requests ---------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        *,
+        stream: bool = False,
+        arrival_time: float | None = None,
+    ) -> str:
+        """Queue a request. One that can never run becomes an error result (reported by the next
+        `step`); it never raises for a too-long prompt."""
+        params = params or SamplingParams()
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        if isinstance(prompt, str):
+            # special tokens (BOS) are added unless a chat template already put BOS in the text
+            bos = getattr(self.tokenizer, "bos_token", None)
+            add_special = not (bos and prompt.startswith(bos))
+            text, token_ids = prompt, self.tokenizer(prompt, add_special_tokens=add_special).input_ids
+        else:
+            text, token_ids = None, [int(t) for t in prompt]
+        if params.seeds is not None:
+            seeds = params.seeds
+        elif params.seed is not None:
+            seeds = [sampler.derive_seed(params.seed, i) for i in range(params.n)]
+        else:
+            seeds = [sampler.derive_seed(self.config.seed, request_id, i) for i in range(params.n)]
+        group = SequenceGroup(request_id, text, token_ids, params, seeds, self._next_seq_id, arrival_time, stream)
+        self._next_seq_id += params.n
+        self._counters["requests_added"] += 1
+        error = self._check_fits(len(token_ids), params)
+        if error:
+            group.error = error
+            for seq in group.seqs:
+                seq.finish_reason = "error"
+            group.metrics.finish_time = time.monotonic()
+            self._counters["requests_rejected"] += 1
+            self._pending.append(RequestOutput.from_group(group, [s.index for s in group.seqs]))
+        else:
+            self._counters["prompt_tokens"] += len(token_ids)
+            self.scheduler.add(group)
+        return request_id
+
+    def _check_fits(self, prompt_len: int, params: SamplingParams) -> str | None:
+        cfg, bs = self.config, self.config.block_size
+        if prompt_len == 0:
+            return "empty prompt"
+        if prompt_len + params.max_tokens > cfg.max_model_len:
+            return (f"prompt ({prompt_len} tokens) + max_tokens ({params.max_tokens}) exceeds "
+                    f"max_model_len ({cfg.max_model_len})")
+        # most blocks the request can hold: shared full prompt blocks + each sample's own tail
+        last = prompt_len + params.max_tokens - 1  # the last sampled token's K/V is never computed
+        shared = prompt_len // bs if params.n > 1 else 0
+        footprint = shared + params.n * (cdiv(last, bs) - shared)
+        if footprint > self.block_manager.num_blocks:
+            return (f"request needs up to {footprint} KV blocks (n={params.n}, {prompt_len} prompt + "
+                    f"{params.max_tokens} new tokens) but the cache has {self.block_manager.num_blocks}")
+        return None
+
+    def abort_request(self, request_id: str) -> None:
+        group = self.scheduler.abort(request_id)
+        if group is not None:
+            self._pending.append(RequestOutput.from_group(group, [s.index for s in group.seqs if s.finish_reason == "abort"]))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._pending)
+
+    # --- the step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One scheduling step. Returns an output for each request that finished a sample this
+        step (or, for streaming requests, that made progress), plus rejected/aborted ones."""
+        outputs, self._pending = self._pending, []
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            assert not self.scheduler.running or outputs, "scheduler stalled with running requests"
+            return outputs
+        now = time.monotonic()
+        self._first_step = self._first_step or now
+        logits = self.runner.execute(batch)
+        t_forward = time.monotonic()
+
+        rows, targets = [], []
+        for entry_row, seqs in enumerate(t for t in batch.sample_targets if t):
+            rows += [entry_row] * len(seqs)
+            targets += seqs
+        tokens, logprob_info = self._sample(logits, rows, targets)
+        self._counters["sample_s"] += time.monotonic() - t_forward
+        self._counters["forward_s"] += t_forward - now
+        self.scheduler.commit(batch)
+
+        touched: dict[str, tuple[SequenceGroup, list[int]]] = {}
+        for i, (seq, token) in enumerate(zip(targets, tokens)):
+            finished = self._append_token(seq, token, [x[i] for x in logprob_info] if logprob_info else None)
+            entry = touched.setdefault(seq.group.request_id, (seq.group, []))
+            if finished:
+                entry[1].append(seq.index)
+        for group, newly_finished in touched.values():
+            if newly_finished or group.stream:
+                outputs.append(RequestOutput.from_group(group, newly_finished))
+        self._counters["steps"] += 1
+        self._last_step = time.monotonic()
+        return outputs
+
+    def _sample(self, logits: torch.Tensor, rows: list[int], targets: list[Sequence]):
+        if not targets:
+            return [], None
+        logits = logits[torch.tensor(rows, device=logits.device)]
+        ps = [s.group.params for s in targets]
+        dev = logits.device
+        temperature = torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=dev)
+        top_k = torch.tensor([p.top_k for p in ps], dtype=torch.long, device=dev)
+        top_p = torch.tensor([p.top_p for p in ps], dtype=torch.float32, device=dev)
+        min_p = torch.tensor([p.min_p for p in ps], dtype=torch.float32, device=dev)
+        u = sampler.uniforms([s.seed for s in targets], [s.num_output_tokens for s in targets])
+        tokens = sampler.sample(logits, temperature, top_k, top_p, min_p, u)
+        info = None
+        want = [p.logprobs for p in ps if p.logprobs is not None]
+        if want:
+            chosen, top_vals, top_ids = sampler.logprobs(logits, tokens, max(want))
+            info = [chosen.tolist()]
+            if top_vals is not None:
+                info += [top_vals.tolist(), top_ids.tolist()]
+        return tokens.tolist(), info
+
+    def _append_token(self, seq: Sequence, token: int, logprob: list | None) -> bool:
+        """Add a sampled token, detokenise, apply stop rules. True if seq finished."""
+        group, params = seq.group, seq.group.params
+        seq.append(token)
+        if seq.logprobs is not None:
+            seq.logprobs.append(logprob[0])
+            if seq.top_logprobs is not None:
+                k = params.logprobs
+                seq.top_logprobs.append(dict(zip(logprob[2][:k], logprob[1][:k])))
+        metrics = group.metrics
+        metrics.num_generated_tokens += 1
+        self._counters["generated_tokens"] += 1
+        if metrics.first_token_time is None:
+            metrics.first_token_time = time.monotonic()
+        old_len = len(seq.text)
+        seq.text += self._detokenize(seq)
+        reason, stop_reason = None, None
+        if not params.ignore_eos and token in self.eos_token_ids:
+            reason, stop_reason = "stop", token
+        elif token in params.stop_token_ids:
+            reason, stop_reason = "stop", token
+        elif params.stop and len(seq.text) > old_len:
+            hit = _find_stop(seq.text, old_len, params.stop)
+            if hit is not None:
+                at, stop = hit
+                seq.text = seq.text[: at + (len(stop) if params.include_stop_str_in_output else 0)]
+                reason, stop_reason = "stop", stop
+        if reason is None and seq.num_output_tokens >= params.max_tokens:
+            reason = "length"
+        if reason is None:
+            return False
+        if stop_reason is None or not isinstance(stop_reason, str):
+            seq.text += self._detokenize(seq, flush=True)
+        self.scheduler.finish(seq, reason, stop_reason)
+        return True
+
+    def _detokenize(self, seq: Sequence, flush: bool = False) -> str:
+        """Text added by the tokens after read_offset, decoding only a short window; holds back
+        an incomplete UTF-8 character unless flushing at the end."""
+        if seq.read_offset >= seq.num_tokens:
+            return ""
+        skip = seq.group.params.skip_special_tokens
+        decode = self.tokenizer.decode
+        before = decode(seq.token_ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=skip)
+        after = decode(seq.token_ids[seq.prefix_offset :], skip_special_tokens=skip)
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not flush):
+            return ""
+        seq.prefix_offset, seq.read_offset = seq.read_offset, seq.num_tokens
+        return after[len(before) :]
+
+    # --- stats ------------------------------------------------------------------------------
+    @property
+    def stats(self) -> EngineStats:
+        c, bm = self._counters, self.block_manager
+        elapsed = (self._last_step - self._first_step) if self._first_step and self._last_step else 0.0
+        return EngineStats(
+            num_blocks=bm.num_blocks, block_size=bm.block_size, blocks_in_use=bm.num_used_blocks,
+            peak_blocks_in_use=bm.peak_used_blocks, steps=c["steps"], requests_added=c["requests_added"],
+            requests_rejected=c["requests_rejected"], prompt_tokens=c["prompt_tokens"],
+            prompt_tokens_computed=self.scheduler.prompt_tokens_computed,
+            prompt_tokens_cached=self.scheduler.prompt_tokens_cached, tokens_computed=self.scheduler.tokens_computed,
+            generated_tokens=c["generated_tokens"], num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_hit_rate=bm.prefix_cache_hit_rate, elapsed_s=elapsed, forward_s=c["forward_s"],
+            sample_s=c["sample_s"],
+        )
+
+
+def _find_stop(text: str, old_len: int, stops: list[str]) -> tuple[int, str] | None:
+    """Earliest stop string that ends in the newly added text."""
+    best = None
+    for stop in stops:
+        at = text.find(stop, max(0, old_len - len(stop) + 1))
+        if at != -1 and (best is None or at < best[0]):
+            best = (at, stop)
+    return best
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+    return {int(i) for i in ids}

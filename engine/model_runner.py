@@ -1,0 +1,243 @@
+"""Runs an HF transformers causal LM over the paged KV cache.
+
+The model's own modeling code runs unchanged; only its attention function is ours. We register
+`paged_attention_forward` in transformers' AttentionInterface and load the model with
+attn_implementation=ATTN_NAME. transformers then calls it in every attention layer with the
+module (module.layer_idx picks the cache), the projected and rotated q/k/v for the whole step,
+`scaling`, `sliding_window` and `softcap` as the layer wants them, and every extra keyword given
+to `model(...)` - we pass the step's AttentionMetadata that way. transformers builds no mask for
+an implementation it has no mask function for (masking_utils exits early and passes None).
+
+A step is one flattened batch: input_ids and position_ids [1, T] hold every scheduled
+sequence's new tokens back to back, decodes first, then prefill chunks. Logits are computed
+only for the rows that sample (through `logits_to_keep`, so model-specific final soft-capping
+still applies).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.config import EngineConfig, EngineConfigError
+from engine.scheduler import ScheduledBatch
+from kernels import copy_blocks, paged_decode_attention, paged_prefill_attention, write_kv
+
+ATTN_NAME = "reasoning_paged"
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Built once per step, read by every layer."""
+
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
+    slot_mapping: torch.Tensor  # [T] flat cache slot of each new token
+    num_decode_tokens: int  # the first rows: one token per sequence
+    decode_context_lens: torch.Tensor | None = None  # [Bd]
+    decode_block_tables: torch.Tensor | None = None  # [Bd, max_blocks], padded with 0
+    shared_prefixes: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # (decode rows, blocks)
+    prefill_cu_seqlens_q: torch.Tensor | None = None  # [Bp + 1]
+    prefill_context_lens: torch.Tensor | None = None  # [Bp]
+    prefill_block_tables: torch.Tensor | None = None  # [Bp, max_blocks]
+
+
+def paged_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [1, H, T, D]
+    key: torch.Tensor,  # [1, kvH, T, D]
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    attn_metadata: AttentionMetadata | None = None,
+    **_: object,
+) -> tuple[torch.Tensor, None]:
+    meta = attn_metadata
+    assert meta is not None, f"{ATTN_NAME} attention needs the engine's attn_metadata"
+    assert query.shape[0] == 1, "the engine runs one flattened batch"
+    q = query[0].transpose(0, 1)  # [T, H, D]
+    k_cache, v_cache = meta.kv_caches[module.layer_idx]
+    write_kv(k_cache, v_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
+    scale = module.head_dim**-0.5 if scaling is None else scaling
+    nd = meta.num_decode_tokens
+    if nd == q.shape[0]:
+        out = paged_decode_attention(
+            q, k_cache, v_cache, meta.decode_context_lens, meta.decode_block_tables, scale,
+            sliding_window, softcap, shared_prefixes=meta.shared_prefixes,
+        )
+    else:
+        out = torch.empty_like(q)
+        if nd:
+            out[:nd] = paged_decode_attention(
+                q[:nd], k_cache, v_cache, meta.decode_context_lens, meta.decode_block_tables, scale,
+                sliding_window, softcap, shared_prefixes=meta.shared_prefixes,
+            )
+        out[nd:] = paged_prefill_attention(
+            q[nd:], k_cache, v_cache, meta.prefill_cu_seqlens_q, meta.prefill_context_lens,
+            meta.prefill_block_tables, scale, sliding_window, softcap,
+        )
+    return out.unsqueeze(0), None  # [1, T, H, D], as transformers' attention functions return
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, paged_attention_forward)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, hf_config):
+        from transformers import AutoModelForCausalLM
+
+        register_attention()
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = config.torch_dtype
+        self.block_size = config.block_size
+        self.model = AutoModelForCausalLM.from_pretrained(
+            config.model, config=hf_config, dtype=self.dtype, attn_implementation=ATTN_NAME,
+            trust_remote_code=config.trust_remote_code,
+        ).to(self.device).eval()
+        text = self.model.config.get_text_config()
+        self.num_layers = text.num_hidden_layers
+        self.num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.supports_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.num_blocks = self._decide_num_blocks()
+        shape = (self.num_layers, 2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(self.num_layers)]
+
+    @property
+    def bytes_per_block(self) -> int:
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
+    def _decide_num_blocks(self) -> int:
+        cfg = self.config
+        if cfg.num_kv_blocks is not None:
+            num_blocks, budget = cfg.num_kv_blocks, f"num_kv_blocks={cfg.num_kv_blocks}"
+        elif self.device.type == "cuda":
+            free_bytes = self._profile_cuda_free_bytes()
+            num_blocks = max(free_bytes // self.bytes_per_block, 0)
+            budget = f"gpu_memory_utilization={cfg.gpu_memory_utilization} ({free_bytes / 2**30:.2f} GiB left for KV)"
+        else:
+            num_blocks = cfg.kv_cache_memory // self.bytes_per_block
+            budget = f"kv_cache_memory={cfg.kv_cache_memory} bytes"
+        need = -(-cfg.max_model_len // self.block_size)
+        if num_blocks < need:
+            raise EngineConfigError(
+                f"{budget} gives {num_blocks} KV blocks of {self.block_size} tokens, but one "
+                f"max_model_len={cfg.max_model_len} sequence needs {need}: raise the KV budget or lower max_model_len"
+            )
+        return int(num_blocks)
+
+    @torch.inference_mode()
+    def _profile_cuda_free_bytes(self) -> int:
+        """Peak memory of a worst-case step (max_num_batched_tokens tokens, max_num_seqs logits),
+        as vLLM does; what the utilisation target leaves after it is for KV."""
+        cfg = self.config
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        num_tokens = cfg.max_num_batched_tokens
+        seq_len = min(cfg.max_model_len, num_tokens, 1024)
+        lens = [seq_len] * (num_tokens // seq_len) + ([num_tokens % seq_len] if num_tokens % seq_len else [])
+        blocks = [-(-n // self.block_size) for n in lens]
+        scratch = torch.zeros(
+            (self.num_layers, 2, sum(blocks), self.block_size, self.num_kv_heads, self.head_dim), dtype=self.dtype, device=self.device
+        )
+        caches = [(scratch[i, 0], scratch[i, 1]) for i in range(self.num_layers)]
+        tables, first = [], 0
+        for b in blocks:
+            tables.append(list(range(first, first + b)))
+            first += b
+        width = max(blocks)
+        slots = torch.cat([torch.arange(n) + t[0] * self.block_size for n, t in zip(lens, tables)])
+        meta = AttentionMetadata(
+            kv_caches=caches, slot_mapping=slots.to(self.device), num_decode_tokens=0,
+            prefill_cu_seqlens_q=torch.tensor([0] + lens, device=self.device).cumsum(0),
+            prefill_context_lens=torch.tensor(lens, device=self.device),
+            prefill_block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], device=self.device),
+        )
+        positions = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]
+        input_ids = torch.zeros_like(positions)
+        keep = torch.arange(max(num_tokens - cfg.max_num_seqs, 0), num_tokens, device=self.device)
+        self._forward(input_ids, positions, meta, keep)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        del scratch, caches, meta
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        scratch_bytes = sum(blocks) * self.bytes_per_block
+        return int(total * cfg.gpu_memory_utilization - (peak - scratch_bytes))
+
+    def _forward(self, input_ids, positions, meta: AttentionMetadata, logits_rows: torch.Tensor) -> torch.Tensor:
+        if self.supports_logits_to_keep:
+            out = self.model(
+                input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=meta, logits_to_keep=logits_rows
+            )
+            return out.logits[0]
+        hidden = self.model.get_decoder()(input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=meta)
+        return self.model.get_output_embeddings()(hidden.last_hidden_state[0, logits_rows])
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Run one step; return float32 logits [R, V], one row per entry that samples (in
+        batch order). The caller owns the sampling."""
+        if batch.copies:
+            src, dst = zip(*batch.copies)
+            copy_blocks(
+                [k for k, _ in self.kv_caches], [v for _, v in self.kv_caches],
+                torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device),
+            )
+        input_ids, positions, meta, logits_rows = self.prepare(batch)
+        return self._forward(input_ids, positions, meta, logits_rows).float()
+
+    def prepare(self, batch: ScheduledBatch):
+        bs, dev = self.block_size, self.device
+        ids, slots, positions, logits_rows = [], [], [], []
+        context_lens, tables = [], []
+        offset = 0
+        for seq, num_new, targets in zip(batch.seqs, batch.num_new_tokens, batch.sample_targets):
+            start = seq.num_computed_tokens
+            ids.extend(seq.token_ids[start : start + num_new])
+            pos = np.arange(start, start + num_new)
+            positions.append(pos)
+            slots.append(np.asarray(seq.block_table)[pos // bs] * bs + pos % bs)
+            context_lens.append(start + num_new)
+            tables.append(seq.block_table)
+            offset += num_new
+            if targets:
+                logits_rows.append(offset - 1)
+        to_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.long, device=dev)  # noqa: E731
+        nd = batch.num_decode
+        meta = AttentionMetadata(
+            kv_caches=self.kv_caches, slot_mapping=to_tensor(np.concatenate(slots)), num_decode_tokens=nd
+        )
+        if nd:
+            meta.decode_context_lens = to_tensor(context_lens[:nd])
+            meta.decode_block_tables = to_tensor(_pad(tables[:nd]))
+            for rows, num_blocks in batch.shared_prefixes:
+                first = tables[rows[0]][:num_blocks]
+                assert all(tables[r][:num_blocks] == first for r in rows), "shared prefix blocks differ"
+                meta.shared_prefixes.append((to_tensor(rows), num_blocks))
+        if nd < len(batch.seqs):
+            meta.prefill_cu_seqlens_q = to_tensor(np.cumsum([0] + batch.num_new_tokens[nd:]))
+            meta.prefill_context_lens = to_tensor(context_lens[nd:])
+            meta.prefill_block_tables = to_tensor(_pad(tables[nd:]))
+        input_ids = to_tensor(ids)[None]
+        pos = to_tensor(np.concatenate(positions))[None]
+        return input_ids, pos, meta, to_tensor(logits_rows)
+
+
+def _pad(tables: list[list[int]]) -> np.ndarray:
+    width = max(len(t) for t in tables)
+    out = np.zeros((len(tables), width), dtype=np.int64)
+    for i, t in enumerate(tables):
+        out[i, : len(t)] = t
+    return out
