@@ -32,6 +32,8 @@ class EngineConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0  # seeds requests that bring no seed of their own
     trust_remote_code: bool = False
+    attention_backend: str = "auto"  # auto | torch | triton (auto: triton on CUDA when it imports, else torch)
+    enforce_eager: bool = False  # CUDA + triton: True = never replay decode steps from CUDA graphs
 
     def __post_init__(self) -> None:
         self.check()
@@ -42,6 +44,8 @@ class EngineConfig:
             raise EngineConfigError(f"block_size must be a power of two, got {self.block_size}")
         if self.dtype not in ("auto", *DTYPES):
             raise EngineConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise EngineConfigError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "max_model_len", "kv_cache_memory"):
@@ -65,6 +69,12 @@ class EngineConfig:
             raise EngineConfigError(f"device={cfg.device!r} but CUDA is not available")
         if cfg.dtype == "auto":
             cfg.dtype = "bfloat16" if on_cuda else "float32"
+        from kernels.backend import BackendError, resolve_backend
+
+        try:
+            cfg.attention_backend = resolve_backend(cfg.attention_backend, cfg.device)
+        except BackendError as e:
+            raise EngineConfigError(str(e)) from None
         model_len = getattr(hf_config, "max_position_embeddings", None)
         if cfg.max_model_len is None:
             if model_len is None:
