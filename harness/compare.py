@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from harness import HarnessError
-from harness.rundir import RESULTS, SAMPLES, group_by_doc, read_samples
+from harness.rundir import SAMPLES, group_by_doc, load_results, read_samples
 from harness.runner import doc_samples
 
 # ----------------------------------------------------------------------------------------------
@@ -108,22 +108,7 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """A finished run directory (or its results.json): results, samples and docs."""
-    p = Path(path)
-    if p.is_file() and p.name == RESULTS:
-        p = p.parent
-    if not p.exists():
-        raise HarnessError(f"{p}: no such run directory")
-    if not p.is_dir():
-        raise HarnessError(f"{p}: not a run directory (expected a folder with {RESULTS} and {SAMPLES})")
-    rp = p / RESULTS
-    if not rp.exists():
-        raise HarnessError(f"{p}: no {RESULTS} (not a finished run directory?)")
-    try:
-        results = json.loads(rp.read_text())
-    except json.JSONDecodeError as e:
-        raise HarnessError(f"{rp}: not valid JSON ({e.msg} at line {e.lineno})")
-    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
-        raise HarnessError(f"{rp}: not a results file (no 'metrics' table)")
+    p, results = load_results(path)
     rows = read_samples(p / SAMPLES)
     if not rows:
         raise HarnessError(f"{p}: no samples in {SAMPLES}")

@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness import HarnessError
-from harness.rundir import RESULTS, SAMPLES, doc_sort_key, group_by_doc, read_samples, write_text_atomic
+from harness.rundir import SAMPLES, doc_sort_key, load_results, group_by_doc, read_samples, write_text_atomic
 
 REPORT_HTML = "report.html"
 TEMPLATE = "report.html.j2"
@@ -416,18 +415,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness import report
 
-    run_dir: Path = args.run
-    if run_dir.is_file() and run_dir.name == RESULTS:
-        run_dir = run_dir.parent
-    if not run_dir.is_dir():
-        raise HarnessError(f"{run_dir}: no such run directory")
-    rp = run_dir / RESULTS
-    if not rp.exists():
-        raise HarnessError(f"{run_dir}: no {RESULTS} (run `harness eval` first)")
-    try:
-        results = json.loads(rp.read_text())
-    except json.JSONDecodeError as e:
-        raise HarnessError(f"{rp}: not valid JSON ({e.msg} at line {e.lineno})")
+    run_dir, results = load_results(args.run)
     t0 = time.perf_counter()
     report.write_reports(run_dir, results)
     html = run_dir / REPORT_HTML

@@ -136,6 +136,27 @@ class RunDir:
         return {(str(r["doc_id"]), int(r["sample_idx"])): r for r in read_samples(self.samples_path)}
 
 
+def load_results(path: str | Path) -> tuple[Path, dict]:
+    """(run directory, results) of a finished run, given its folder or its results.json."""
+    p = Path(path)
+    if p.is_file() and p.name == RESULTS:
+        p = p.parent
+    if not p.exists():
+        raise HarnessError(f"{p}: no such run directory")
+    if not p.is_dir():
+        raise HarnessError(f"{p}: not a run directory (expected a folder with {RESULTS} and {SAMPLES})")
+    rp = p / RESULTS
+    if not rp.exists():
+        raise HarnessError(f"{p}: no {RESULTS} (not a finished run directory? run `harness eval` first)")
+    try:
+        results = json.loads(rp.read_text())
+    except json.JSONDecodeError as e:
+        raise HarnessError(f"{rp}: not valid JSON ({e.msg} at line {e.lineno})")
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict):
+        raise HarnessError(f"{rp}: not a results file (no 'metrics' table)")
+    return p, results
+
+
 def iter_jsonl(path: Path) -> Iterator[dict]:
     yield from read_samples(path)
 

@@ -61,7 +61,7 @@ def sample_seed(run_seed: int, doc_id: str, sample_idx: int) -> int:
 
 
 def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log: Callable[[str], None] = print) -> EvalResult:
-    from harness import data, metrics, prompts, tasks
+    from harness import data, prompts, tasks
     from harness.graders import Grader
 
     spec = tasks.load_task(opts.task, opts.include_paths)
@@ -95,13 +95,12 @@ def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log:
     run_dir = opts.output_dir or opts.runs_root / _safe(spec.name) / _safe(model.id) / f"run-{_hash(identity)[:10]}"
     rd = RunDir(Path(run_dir))
     rd.prepare(identity, fresh=opts.fresh)
-    write_text_atomic(rd.path / "spec.yaml", spec.to_yaml() if hasattr(spec, "to_yaml") else json.dumps(spec.to_dict(), indent=2))
+    write_text_atomic(rd.path / "spec.yaml", spec.to_yaml())
 
     done = rd.finished()
-    todo_docs = [d for d in docs if any((str(d["doc_id"]), i) not in done for i in range(params.n))]
     total = len(docs) * params.n
-    log(f"{spec.name}: {len(docs)} problems × {params.n} samples; {len(done)} already on disk, "
-        f"{total - sum(1 for d in docs for i in range(params.n) if (str(d['doc_id']), i) in done)} to generate")
+    on_disk = sum(1 for d in docs for i in range(params.n) if (str(d["doc_id"]), i) in done)
+    log(f"{spec.name}: {len(docs)} problems × {params.n} samples; {on_disk} already on disk, {total - on_disk} to generate")
 
     from harness.backends import get_backend
 
@@ -144,7 +143,7 @@ def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log:
         write_text_atomic(rd.path / "docs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in doc_rows))
 
         if progress is not None:
-            progress("start", total=total, completed=len(done))
+            progress("start", total=total, completed=on_disk)
         with SampleWriter(rd.samples_path) as writer:
             stream = backend.generate(requests) if requests else iter(())
             for c in [*failed, *stream]:
