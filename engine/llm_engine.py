@@ -170,10 +170,12 @@ class LLMEngine:
         self._last_step = time.monotonic()
         return outputs
 
+    @torch.inference_mode()
     def _sample(self, logits: torch.Tensor, rows: list[int], targets: list[Sequence]):
         if not targets:
             return [], None
-        logits = logits[torch.tensor(rows, device=logits.device)]
+        if len(rows) != logits.shape[0] or rows[-1] != len(rows) - 1:  # a fork's prompt row, once per sample
+            logits = logits[torch.tensor(rows, device=logits.device)]
         ps = [s.group.params for s in targets]
         dev = logits.device
         temperature = torch.tensor([p.temperature for p in ps], dtype=torch.float32, device=dev)

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from engine.config import EngineConfig, EngineConfigError
 from engine.scheduler import ScheduledBatch
-from kernels import copy_blocks, paged_decode_attention, paged_prefill_attention, write_kv
+from kernels.backend import get_ops
+from kernels.paged_attention import DecodePlan, plan_decode, planned_decode_attention
 
 ATTN_NAME = "reasoning_paged"
 
@@ -42,6 +44,8 @@ class AttentionMetadata:
     prefill_cu_seqlens_q: torch.Tensor | None = None  # [Bp + 1]
     prefill_context_lens: torch.Tensor | None = None  # [Bp]
     prefill_block_tables: torch.Tensor | None = None  # [Bp, max_blocks]
+    ops: Any = None  # kernel namespace from kernels.backend.get_ops (None: the torch ops)
+    decode_plan: DecodePlan | None = None  # torch backend: the decode rows' grouping, made once per step
 
 
 def paged_attention_forward(
@@ -61,27 +65,49 @@ def paged_attention_forward(
     assert meta is not None, f"{ATTN_NAME} attention needs the engine's attn_metadata"
     assert query.shape[0] == 1, "the engine runs one flattened batch"
     q = query[0].transpose(0, 1)  # [T, H, D]
+    ops = meta.ops or get_ops("torch")
     k_cache, v_cache = meta.kv_caches[module.layer_idx]
-    write_kv(k_cache, v_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
+    ops.write_kv(k_cache, v_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
     scale = module.head_dim**-0.5 if scaling is None else scaling
     nd = meta.num_decode_tokens
+
+    def decode(qd: torch.Tensor) -> torch.Tensor:
+        if meta.decode_plan is not None and sliding_window is None and softcap is None:
+            return planned_decode_attention(qd, k_cache, v_cache, meta.decode_plan, scale)
+        args = (qd, k_cache, v_cache, meta.decode_context_lens, meta.decode_block_tables, scale, sliding_window, softcap)
+        if meta.shared_prefixes:
+            return ops.shared_prefix_decode_attention(*args, shared_prefixes=meta.shared_prefixes)
+        return ops.paged_decode_attention(*args)
+
     if nd == q.shape[0]:
-        out = paged_decode_attention(
-            q, k_cache, v_cache, meta.decode_context_lens, meta.decode_block_tables, scale,
-            sliding_window, softcap, shared_prefixes=meta.shared_prefixes,
-        )
+        out = decode(q)
     else:
         out = torch.empty_like(q)
         if nd:
-            out[:nd] = paged_decode_attention(
-                q[:nd], k_cache, v_cache, meta.decode_context_lens, meta.decode_block_tables, scale,
-                sliding_window, softcap, shared_prefixes=meta.shared_prefixes,
-            )
-        out[nd:] = paged_prefill_attention(
+            out[:nd] = decode(q[:nd])
+        out[nd:] = ops.paged_prefill_attention(
             q[nd:], k_cache, v_cache, meta.prefill_cu_seqlens_q, meta.prefill_context_lens,
             meta.prefill_block_tables, scale, sliding_window, softcap,
         )
     return out.unsqueeze(0), None  # [1, T, H, D], as transformers' attention functions return
+
+
+def keep_freed_memory() -> None:
+    """glibc only: serve large allocations from the heap and keep freed memory for reuse. By default
+    every tensor over the mmap threshold (logits, MLP activations of a big batch) is a fresh mmap
+    whose pages fault in one by one and go back to the OS when freed - on CPU that costs a step as
+    much as the arithmetic on those tensors. Process-wide; the resident size stays at its peak."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: 1 GiB
+        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: never trim the heap
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def register_attention() -> None:
@@ -97,6 +123,8 @@ class ModelRunner:
         register_attention()
         self.config = config
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.dtype = config.torch_dtype
         self.block_size = config.block_size
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -108,10 +136,17 @@ class ModelRunner:
         self.num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
         self.head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         self.supports_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self.ops = get_ops(config.attention_backend, self.device)
         self.num_blocks = self._decide_num_blocks()
         shape = (self.num_layers, 2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(self.num_layers)]
+        self.graphs = None  # CUDA graphs of decode steps (engine/cuda_graphs.py; unvalidated)
+        if self.device.type == "cuda" and self.ops.name == "triton" and not config.enforce_eager:
+            from engine.cuda_graphs import capture_decode_graphs
+
+            with torch.inference_mode():
+                self.graphs = capture_decode_graphs(self, config.max_num_seqs)
 
     @property
     def bytes_per_block(self) -> int:
@@ -159,7 +194,7 @@ class ModelRunner:
         width = max(blocks)
         slots = torch.cat([torch.arange(n) + t[0] * self.block_size for n, t in zip(lens, tables)])
         meta = AttentionMetadata(
-            kv_caches=caches, slot_mapping=slots.to(self.device), num_decode_tokens=0,
+            kv_caches=caches, slot_mapping=slots.to(self.device), num_decode_tokens=0, ops=self.ops,
             prefill_cu_seqlens_q=torch.tensor([0] + lens, device=self.device).cumsum(0),
             prefill_context_lens=torch.tensor(lens, device=self.device),
             prefill_block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], device=self.device),
@@ -172,9 +207,11 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated(self.device)
         del scratch, caches, meta
         torch.cuda.empty_cache()
-        total = torch.cuda.get_device_properties(self.device).total_memory
+        free, total = torch.cuda.mem_get_info(self.device)
+        # memory outside torch's allocator (CUDA context, cuBLAS workspaces, other processes)
+        non_torch = max(total - free - torch.cuda.memory_reserved(self.device), 0)
         scratch_bytes = sum(blocks) * self.bytes_per_block
-        return int(total * cfg.gpu_memory_utilization - (peak - scratch_bytes))
+        return int(total * cfg.gpu_memory_utilization - (peak - scratch_bytes) - non_torch)
 
     def _forward(self, input_ids, positions, meta: AttentionMetadata, logits_rows: torch.Tensor) -> torch.Tensor:
         if self.supports_logits_to_keep:
@@ -191,11 +228,16 @@ class ModelRunner:
         batch order). The caller owns the sampling."""
         if batch.copies:
             src, dst = zip(*batch.copies)
-            copy_blocks(
+            self.ops.copy_blocks(
                 [k for k, _ in self.kv_caches], [v for _, v in self.kv_caches],
                 torch.tensor(src, device=self.device), torch.tensor(dst, device=self.device),
             )
         input_ids, positions, meta, logits_rows = self.prepare(batch)
+        # Steps with forked samples run eagerly: their sharing layout changes every step, and the
+        # shared-prefix kernel (prompt KV read once per group) is worth more than launch savings.
+        if (self.graphs is not None and not batch.shared_prefixes
+                and batch.num_decode == len(batch.seqs) <= self.graphs.max_batch):
+            return self.graphs.run(input_ids, positions, meta, logits_rows).float()
         return self._forward(input_ids, positions, meta, logits_rows).float()
 
     def prepare(self, batch: ScheduledBatch):
@@ -217,7 +259,7 @@ class ModelRunner:
         to_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.long, device=dev)  # noqa: E731
         nd = batch.num_decode
         meta = AttentionMetadata(
-            kv_caches=self.kv_caches, slot_mapping=to_tensor(np.concatenate(slots)), num_decode_tokens=nd
+            kv_caches=self.kv_caches, slot_mapping=to_tensor(np.concatenate(slots)), num_decode_tokens=nd, ops=self.ops
         )
         if nd:
             meta.decode_context_lens = to_tensor(context_lens[:nd])
@@ -226,6 +268,8 @@ class ModelRunner:
                 first = tables[rows[0]][:num_blocks]
                 assert all(tables[r][:num_blocks] == first for r in rows), "shared prefix blocks differ"
                 meta.shared_prefixes.append((to_tensor(rows), num_blocks))
+            if self.ops.name == "torch":
+                meta.decode_plan = plan_decode(context_lens[:nd], tables[:nd], batch.shared_prefixes, bs, dev)
         if nd < len(batch.seqs):
             meta.prefill_cu_seqlens_q = to_tensor(np.cumsum([0] + batch.num_new_tokens[nd:]))
             meta.prefill_context_lens = to_tensor(context_lens[nd:])

@@ -280,7 +280,7 @@ def format_fraction(value: Fraction) -> str:
     if value == 0:
         return "0"
     sign = "-" if value < 0 else ""
-    p, q = abs(value.numerator), value.denominator
+    q = value.denominator
     twos = fives = 0
     while q % 2 == 0:
         q //= 2
