@@ -76,8 +76,8 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--n", type=int, nargs="+", default=[16], help="samples per problem; several values = a sweep")
     sc.add_argument("--max-tokens", "-M", type=int, default=128, help="new tokens per sample, EOS ignored (default 128)")
     sc.add_argument("--reps", type=int, default=3, help="measured repetitions per system (default 3)")
-    sc.add_argument("--reps-for", action="append", default=[], metavar="SYSTEM:K",
-                    help="fewer repetitions for one system (repeatable), e.g. hf-cb:1 for a system that takes many minutes")
+    sc.add_argument("--reps-for", action="append", default=[], metavar="SYSTEM[@N]:K",
+                    help="fewer repetitions for a system, or for it at one n (repeatable): hf-cb:1, hf@64:1")
     sc.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
     sc.add_argument("--skip", action="append", default=[], metavar="SYSTEM:N",
                     help="do not run SYSTEM at this n (repeatable), e.g. hf-cb:64 when it would take hours")
@@ -132,10 +132,11 @@ def cmd_sc(args: argparse.Namespace) -> int:
         skip.add((name, int(n)))
     reps_for = {}
     for item in args.reps_for:
-        name, _, k = item.partition(":")
-        if name not in SYSTEMS or not k.isdigit() or int(k) < 1:
-            raise HarnessError(f"--reps-for wants SYSTEM:K with SYSTEM in {', '.join(SYSTEMS)} and K >= 1, got {item!r}")
-        reps_for[name] = int(k)
+        target, _, k = item.rpartition(":")
+        name, _, n = target.partition("@")
+        if name not in SYSTEMS or not k.isdigit() or int(k) < 1 or (n and not n.isdigit()):
+            raise HarnessError(f"--reps-for wants SYSTEM[@N]:K with SYSTEM in {', '.join(SYSTEMS)}, K >= 1, got {item!r}")
+        reps_for[target] = int(k)
     for flag in ("problems", "reps", "max_tokens", "hf_batch_rows", "cb_page_size"):
         if getattr(args, flag) < 1:
             raise HarnessError(f"--{flag.replace('_', '-')} must be positive")
@@ -191,9 +192,13 @@ def run_sc(
     from harness import data, prompts, tasks
     from harness.models import encode_prompt, load_tokenizer, resolve_device, resolve_model
 
+    from engine.model_runner import keep_freed_memory
+
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(device)
+    if device == "cpu":
+        keep_freed_memory()  # what the engine does when it loads; set first so that every system runs with it
     resolved = resolve_model(model)
     tok = load_tokenizer(resolved)
     spec = tasks.load_task(task)
@@ -258,7 +263,8 @@ def run_sc(
             order = active[rep % len(active):] + active[: rep % len(active)] if active else []
             for s in order:
                 entry = cfg["systems"][s]
-                if entry["error"] or rep >= (reps_for or {}).get(s, reps):
+                limit = (reps_for or {}).get(f"{s}@{n}", (reps_for or {}).get(s, reps))
+                if entry["error"] or rep >= limit:
                     continue
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 try:
@@ -750,6 +756,8 @@ def machine_facts(device: str) -> dict[str, Any]:
         "transformers": transformers.__version__, "numpy": numpy.__version__,
         "harness": getattr(harness, "__version__", None), "device": device,
         "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "malloc": "glibc: mmap threshold 1 GiB, no heap trim (engine.model_runner.keep_freed_memory, process-wide, "
+                  "before any system runs)" if str(device) == "cpu" else None,
     }
     try:
         import subprocess
@@ -803,8 +811,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{w['problems']} GSM8K test problems × n samples × {w['max_tokens']} new tokens (EOS ignored), "
         f"{w['task']} prompt ({min(w['prompt_tokens'])}–{max(w['prompt_tokens'])} tokens), temperature "
-        f"{w['temperature']}, top-p {w['top_p']}; {w['dtype']} on {w['device']}; median of {w['reps']} "
-        f"repetitions after a warm-up, systems alternating. Engine prefix caching across problems: "
+        f"{w['temperature']}, top-p {w['top_p']}; {w['dtype']} on {w['device']}; median of {w['reps']} repetitions"
+        + (" (" + ", ".join(f"{k}: {v}" for k, v in w.get("reps_for", {}).items()) + ")" if w.get("reps_for") else "")
+        + " after a warm-up, systems alternating. Engine prefix caching across problems: "
         f"{'on' if w['prefix_caching'] else 'off'}.",
         "",
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores, torch threads {m['torch_threads']}; torch {m['torch']}, "
