@@ -85,6 +85,45 @@ def softcap_scores(s, softcap):
 
 
 @triton.jit
+def paged_tile_scores(
+    q, table, k_cache_ptr, v_cache_ptr, n0, end, kvh, offs_d, mask_d, scale, softcap,
+    stride_cb, stride_cs, stride_ch,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, USE_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """Keys n0 .. n0+BLOCK_N (those < end) of one KV head, read through the block table `table`:
+    the scores q.k * scale (soft-capped when asked), the values, the key positions and which of
+    them are real (< end). The tile load every paged kernel here shares."""
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    valid = offs_n < end
+    page = tl.load(table + offs_n // PAGE, mask=valid, other=0).to(tl.int64)
+    kv_off = page[:, None] * stride_cb + (offs_n % PAGE)[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
+    kv_mask = valid[:, None] & mask_d[None, :]
+    k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+    if DOT_FP32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+    if USE_SOFTCAP:
+        s = softcap_scores(s, softcap)
+    return s, v, offs_n, valid
+
+
+@triton.jit
+def online_softmax_step(s, v, m_i, l_i, acc):
+    """One tile of the streaming softmax: fold scores s (-inf where masked) and values v into the
+    running max m_i, normaliser l_i and output acc. A row that has seen no key yet keeps m = -inf
+    (exponents are then taken against 0, so nothing becomes NaN)."""
+    m_new = tl.maximum(m_i, reduce_max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + reduce_sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, context_lens_ptr, block_tables_ptr, first_blocks_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -131,26 +170,12 @@ def _decode_kernel(
     acc = tl.full([BLOCK_G, BLOCK_D], 0.0, tl.float32)
     table = block_tables_ptr + b64 * stride_bt
     for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < end
-        page = tl.load(table + offs_n // PAGE, mask=valid, other=0).to(tl.int64)
-        kv_off = page[:, None] * stride_cb + (offs_n % PAGE)[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
-        kv_mask = valid[:, None] & mask_d[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        if USE_SOFTCAP:
-            s = softcap_scores(s, softcap)
+        s, v, offs_n, valid = paged_tile_scores(
+            q, table, k_cache_ptr, v_cache_ptr, n0, end, kvh, offs_d, mask_d, scale, softcap,
+            stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, USE_SOFTCAP, DOT_FP32,
+        )
         s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, reduce_max(s, 1))  # finite: every iteration has a valid key
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + reduce_sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]

@@ -45,10 +45,10 @@ from kernels.triton_paged_decode import (
     interpreting,
     launch_decode,
     merge,
+    online_softmax_step,
+    paged_tile_scores,
     reduce_max,
     reduce_min,
-    reduce_sum,
-    softcap_scores,
     target_programs,
 )
 
@@ -103,30 +103,15 @@ def _prefix_kernel(
     l_i = tl.full([BLOCK_M], 0.0, tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        valid = offs_n < end
-        page = tl.load(table + offs_n // PAGE, mask=valid, other=0).to(tl.int64)
-        kv_off = page[:, None] * stride_cb + (offs_n % PAGE)[:, None] * stride_cs + kvh * stride_ch + offs_d[None, :]
-        kv_mask = valid[:, None] & mask_d[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
-        if USE_SOFTCAP:
-            s = softcap_scores(s, softcap)
+        s, v, offs_n, valid = paged_tile_scores(
+            q, table, k_cache_ptr, v_cache_ptr, n0, end, kvh, offs_d, mask_d, scale, softcap,
+            stride_cb, stride_cs, stride_ch, PAGE, BLOCK_N, USE_SOFTCAP, DOT_FP32,
+        )
         visible = valid[None, :] & (offs_n[None, :] < ctx[:, None])
         if USE_WINDOW:
             visible = visible & (offs_n[None, :] >= (ctx - window)[:, None])
         s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, reduce_max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see nothing yet
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + reduce_sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     lse = tl.where(l_i > 0, m_i + tl.log(l_safe), float("-inf"))  # -inf where nothing was visible
