@@ -25,10 +25,10 @@ ceiling is the memory-bandwidth bound of a decode step instead (weights + KV rea
 
 Per system and repetition: wall time; generated tokens and tokens/s; prompt tokens computed
 (model positions run, minus one position per decoded token); peak KV bytes (engine: blocks in use
-at the peak; hf: the DynamicCache at the end; hf-cb: the pool it allocated); peak RSS (sampled
-every 10 ms); TTFT p50/p95 over samples (all requests are submitted at t=0); decode tokens/s
-(tokens generated after the last prompt's first token, over the time from then to the end; for
-hf, per generate call, summed).
+at the peak; hf: the DynamicCache at the end; hf-cb: the pool it allocated); peak RSS (the
+kernel's high-water mark, reset before each run); TTFT p50/p95 over samples (all requests are
+submitted at t=0); decode tokens/s (tokens generated after the last prompt's first token, over the
+time from then to the end; for hf, per generate call, summed).
 
 Output: `<out>/<name>.json` (machine facts, workload, every repetition), `<name>.md` (a table per
 n), and `<name>.png` (throughput vs n, when several n are run).
@@ -574,27 +574,53 @@ class HFContinuousBatchingSystem:
 
 
 class RssSampler:
-    """Peak resident set size of this process while the block runs (sampled every 10 ms)."""
+    """Peak resident set size of this process while the block runs. On Linux the kernel keeps the
+    high-water mark (VmHWM), which writing 5 to /proc/self/clear_refs resets: no sampling thread,
+    whose wake-ups would stall the measured systems' GEMM threads on a small machine. Elsewhere a
+    thread samples the RSS every `interval` seconds."""
 
     def __init__(self, interval: float = 0.01):
         self.interval = interval
         self.start = self.peak = rss_bytes()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "RssSampler":
+        self.start = self.peak = rss_bytes()
+        if not _reset_hwm():
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, rss_bytes())
 
-    def __enter__(self) -> "RssSampler":
-        self.start = self.peak = rss_bytes()
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        self.peak = max(self.peak, rss_bytes(), _hwm_bytes() if self._thread is None else 0)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _hwm_bytes() > 0
+    except OSError:
+        return False
+
+
+def _hwm_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def rss_bytes() -> int:

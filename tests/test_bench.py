@@ -86,3 +86,20 @@ def test_bench_hf_continuous_batching_runs(tiny_model_dir, gsm8k_dir):
     assert run["generated_tokens"] == P * n * M
     assert abs(run["prompt_tokens_computed"] - sum(result["workload"]["prompt_tokens"])) <= P * n
     assert run["ttft_p50_s"] is not None and run["kv_pool_bytes"] > 0
+
+
+def test_rss_sampler_sees_a_freed_peak_and_resets():
+    """The peak of memory freed inside the block is seen; the next block starts afresh. (An
+    anonymous mmap, so the memory really goes back at close, whatever malloc's settings.)"""
+    import mmap
+
+    size = 200 * 2**20
+    with bench.RssSampler() as first:
+        m = mmap.mmap(-1, size)
+        for off in range(0, size, 4096):
+            m[off] = 1
+        m.close()
+    assert first.peak - first.start >= 150 * 2**20
+    with bench.RssSampler() as second:
+        pass
+    assert second.peak < first.peak - 100 * 2**20
