@@ -82,3 +82,11 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def model_identity(model: Any) -> dict[str, Any]:
+    """The part of a backend's `info()` that names the weights (a resolved model: id, path,
+    source, revision), the same for every backend so that runs compare across them."""
+    return {
+        "model": model.id, "model_path": str(model.path), "model_source": model.source, "revision": model.revision,
+    }

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from harness import HarnessError
-from harness.backends.base import Completion, GenerationRequest
+from harness.backends.base import Completion, GenerationRequest, model_identity
 from harness.models import (
     ResolvedModel,
     chat_template_hash,
@@ -111,10 +111,7 @@ class EngineBackend:
 
         return {
             "backend": self.name,
-            "model": self.model.id,
-            "model_path": str(self.model.path),
-            "model_source": self.model.source,
-            "revision": self.model.revision,
+            **model_identity(self.model),
             "dtype": self.engine.config.dtype,
             "device": self.engine.config.device,
             "max_model_len": self.max_model_len,

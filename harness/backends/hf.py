@@ -35,7 +35,7 @@ import torch
 from engine.sampler import logprobs as _logprobs
 from engine.sampler import sample as _sample
 from engine.sampler import uniforms as _uniforms
-from harness.backends.base import Completion, GenerationRequest, SamplingParams
+from harness.backends.base import Completion, GenerationRequest, SamplingParams, model_identity
 from harness.models import (
     ResolvedModel,
     chat_template_hash,
@@ -247,10 +247,7 @@ class HFBackend:
 
         return {
             "backend": self.name,
-            "model": self.model.id,
-            "model_path": str(self.model.path),
-            "model_source": self.model.source,
-            "revision": self.model.revision,
+            **model_identity(self.model),
             "dtype": str(self.torch_dtype).removeprefix("torch."),
             "device": self.device,
             "batch_size": self.batch_size,
