@@ -194,6 +194,7 @@ def run_sc(
 
     from engine.model_runner import keep_freed_memory
 
+    reps_for = dict(reps_for or {})
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(device)
@@ -235,7 +236,7 @@ def run_sc(
             "dtype": str(_dtype(dtype, device)).removeprefix("torch."), "device": device, "problems": problems,
             "doc_ids": [str(d["doc_id"]) for d in docs], "prompt_tokens": [len(p) for p in prompt_ids],
             "n": list(ns), "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "top_k": 0,
-            "ignore_eos": True, "seed": seed, "reps": reps, "reps_for": dict(reps_for or {}), "prefix_caching": prefix_caching,
+            "ignore_eos": True, "seed": seed, "reps": reps, "reps_for": reps_for, "prefix_caching": prefix_caching,
             "hf_batch_rows": hf_batch_rows, "cb_page_size": cb_page_size,
         },
         "model_facts": facts,
@@ -263,7 +264,7 @@ def run_sc(
             order = active[rep % len(active):] + active[: rep % len(active)] if active else []
             for s in order:
                 entry = cfg["systems"][s]
-                limit = (reps_for or {}).get(f"{s}@{n}", (reps_for or {}).get(s, reps))
+                limit = reps_for.get(f"{s}@{n}", reps_for.get(s, reps))
                 if entry["error"] or rep >= limit:
                     continue
                 load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests import tiny
 
@@ -39,3 +40,13 @@ def tiny_model_factory(tmp_path_factory, tiny_tokenizer_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model_factory) -> Path:
     return tiny_model_factory("llama")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """torch at one thread for a module's tests, restored after (a module opts in with
+    `pytestmark = pytest.mark.usefixtures("single_torch_thread")`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

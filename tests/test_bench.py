@@ -6,18 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from harness import bench
 from harness.cli import build_parser
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 RUN_KEYS = {

@@ -24,13 +24,7 @@ except Exception as e:  # pragma: no cover - depends on the install
 from engine import LLM, EngineConfigError, SamplingParams  # noqa: E402
 from kernels.backend import get_ops  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _run(model_dir, backend, prompts, params):
