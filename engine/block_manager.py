@@ -1,11 +1,20 @@
 """Physical KV blocks: ref counts, an LRU free list, fork, copy-on-write and the prefix cache.
 
 Free list. An OrderedDict of block ids used as a queue with O(1) removal from the middle.
-Allocation pops the head. A block whose ref count drops to 0 is appended at the tail and keeps
-its prefix-cache entry, so the head is always the least recently freed block: eviction is LRU.
-A sequence's blocks are released last-to-first, so its tail blocks sit nearer the head and the
-prefix - the part other requests can share - survives longest. A prefix-cache hit on a free
-block takes it out of the queue (ref count 0 -> 1).
+A block whose ref count drops to 0 is appended at the tail and keeps its prefix-cache entry, so
+the head is always the least recently freed block: eviction is LRU. A sequence's blocks are
+released last-to-first, so its tail blocks sit nearer the head and the prefix - the part other
+requests can share - survives longest. A prefix-cache hit on a free block takes it out of the
+queue (ref count 0 -> 1).
+
+Allocation. One block (a decode step, a copy-on-write copy) is the queue's head. A run of k > 1
+blocks (a prefill chunk) is taken as consecutive ids when free blocks that cache nothing allow
+it - first the ids right after the sequence's last block, else the lowest such run - and
+otherwise as the k least recently freed blocks, sorted by id. Consecutive ids matter to the CPU
+attention path, which reads a fork group's shared prompt as one view of the cache instead of
+gathering it in every layer and step; taking clean blocks out of LRU order costs the prefix
+cache nothing. `clean` is a byte mask of the free blocks with no cache entry, so that search is
+one bytes.find in C.
 
 Prefix cache. A full block is cached under the key (parent entry id, its token ids, extra key),
 where the parent entry id names the cache entry of the block before it (0 for the first block).
@@ -44,6 +53,7 @@ class BlockManager:
         self.extra_key = extra_key  # e.g. a LoRA or model id: keeps different weights' KV apart
         self.ref_counts = [0] * num_blocks
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.clean = bytearray(b"\x01") * num_blocks  # 1: free and caching nothing
         self.cache: dict[CacheKey, int] = {}  # key -> block id
         self.block_key: list[CacheKey | None] = [None] * num_blocks
         self.block_entry: list[int] = [0] * num_blocks  # the cache entry id a block is registered as
@@ -66,13 +76,33 @@ class BlockManager:
         """The free list, next-to-allocate first (tests and debugging)."""
         return list(self.free_queue)
 
-    def _allocate(self) -> int:
-        block_id, _ = self.free_queue.popitem(last=False)
+    def _allocate(self, block_id: int | None = None) -> int:
+        """Take a free block: `block_id`, or else the least recently freed one (evicting its cache entry)."""
+        if block_id is None:
+            block_id, _ = self.free_queue.popitem(last=False)
+        else:
+            del self.free_queue[block_id]
         assert self.ref_counts[block_id] == 0
         if self.block_key[block_id] is not None:
             self._uncache(block_id)
         self.ref_counts[block_id] = 1
+        self.clean[block_id] = 0
         return block_id
+
+    def _allocate_run(self, k: int, after: int | None) -> list[int]:
+        """k blocks for one sequence whose last block is `after`: consecutive ids when clean free
+        blocks allow it (see the module docstring)."""
+        if k == 1:
+            return [self._allocate()]
+        run = b"\x01" * k
+        start = -1
+        if after is not None and self.clean[after + 1 : after + 1 + k] == run:
+            start = after + 1
+        else:
+            start = self.clean.find(run)
+        if start >= 0:
+            return [self._allocate(b) for b in range(start, start + k)]
+        return sorted(self._allocate() for _ in range(k))
 
     def _release(self, block_id: int) -> bool:
         """Drop one reference; True if the block became free."""
@@ -80,6 +110,7 @@ class BlockManager:
         assert self.ref_counts[block_id] >= 0, f"block {block_id} released more often than taken"
         if self.ref_counts[block_id] == 0:
             self.free_queue[block_id] = None
+            self.clean[block_id] = self.block_key[block_id] is None
             return True
         return False
 
@@ -177,8 +208,9 @@ class BlockManager:
             copies.append((table[-1], new_block))
             self._release(table[-1])
             table[-1] = new_block
-        for _ in range(cdiv(seq.num_computed_tokens + num_new, bs) - len(table)):
-            table.append(self._allocate())
+        num_blocks = cdiv(seq.num_computed_tokens + num_new, bs) - len(table)
+        if num_blocks > 0:
+            table += self._allocate_run(num_blocks, table[-1] if table else None)
         if self.enable_prefix_caching:
             self._cache_full_blocks(seq, seq.num_computed_tokens + num_new)
         self._note_peak()
@@ -202,5 +234,6 @@ class BlockManager:
             block_id = seq.block_table[i]
             if self._release(block_id) and i >= computed_blocks and self.block_key[block_id] is not None:
                 self._uncache(block_id)
+                self.clean[block_id] = 1
         seq.block_table = []
         seq.block_cache_ids = []

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from engine.config import EngineConfig, EngineConfigError
+from engine.cpu_tuning import keep_freed_memory, use_onednn_linears
 from engine.scheduler import ScheduledBatch
 from kernels.backend import get_ops
 from kernels.paged_attention import DecodePlan, plan_decode, planned_decode_attention
@@ -92,49 +93,6 @@ def paged_attention_forward(
     return out.unsqueeze(0), None  # [1, T, H, D], as transformers' attention functions return
 
 
-def keep_freed_memory() -> None:
-    """glibc only: serve large allocations from the heap and keep freed memory for reuse. By default
-    every tensor over the mmap threshold (logits, MLP activations of a big batch) is a fresh mmap
-    whose pages fault in one by one and go back to the OS when freed - on CPU that costs a step as
-    much as the arithmetic on those tensors. Process-wide; the resident size stays at its peak."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: 1 GiB
-        libc.mallopt(-1, (1 << 31) - 1)  # M_TRIM_THRESHOLD: never trim the heap
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-class SlicedLMHead(torch.nn.Module):
-    """The output projection in vocabulary slices when few rows need logits (CPU). The product
-    streams the large weight once either way, but each [rows, 2048] tile of the result stays in
-    cache: 1.3-1.5x faster at 16-64 rows, no gain from ~256 rows. Same weight (ties kept), the
-    same values bit for bit."""
-
-    SLICE, MAX_ROWS = 2048, 128
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        self.weight, self.bias = linear.weight, linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        vocab, rows = self.weight.shape[0], x.numel() // x.shape[-1]
-        if rows > self.MAX_ROWS or x.dtype != self.weight.dtype:
-            return torch.nn.functional.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, x.shape[-1])
-        out = torch.empty(rows, vocab, dtype=x.dtype, device=x.device)
-        for i in range(0, vocab, self.SLICE):
-            torch.mm(flat, self.weight[i : i + self.SLICE].t(), out=out[:, i : i + self.SLICE])
-        if self.bias is not None:
-            out += self.bias
-        return out.view(*x.shape[:-1], vocab)
-
-
 def register_attention() -> None:
     from transformers import AttentionInterface
 
@@ -156,9 +114,7 @@ class ModelRunner:
         ).to(self.device).eval()
         if self.device.type == "cpu":
             keep_freed_memory()
-            head = self.model.get_output_embeddings()
-            if type(head) is torch.nn.Linear:
-                self.model.set_output_embeddings(SlicedLMHead(head))
+            use_onednn_linears(self.model)
         text = self.model.config.get_text_config()
         self.num_layers = text.num_hidden_layers
         self.num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads

@@ -106,7 +106,7 @@ class Scheduler:
         bm = self.block_manager
         budget, slots = self.max_num_batched_tokens, self.max_num_seqs
         entries: list[tuple[Sequence, int]] = []
-        copies: list[tuple[int, int]] = []
+        reserved = 0  # free blocks promised to `entries`, allocated once the step is decided
         preempted = 0
 
         i = 0
@@ -114,18 +114,17 @@ class Scheduler:
             group = self.running[i]
             plan = self._plan(group, budget, slots)
             need = bm.blocks_needed(plan)
-            while need > bm.num_free_blocks and self.running[-1] is not group:
+            while need > bm.num_free_blocks - reserved and self.running[-1] is not group:
                 self._preempt(self.running.pop())
                 preempted += 1
-            if need > bm.num_free_blocks:  # lowest priority left and still no room: it waits
+            if need > bm.num_free_blocks - reserved:  # lowest priority left and still no room: it waits
                 assert self.running[-1] is group and len(self.running) > 1, "admission guarantees a lone group fits"
                 self._preempt(self.running.pop())
                 preempted += 1
                 break
-            for seq, num_new in plan:
-                copies += bm.allocate_slots(seq, num_new)
-                entries.append((seq, num_new))
-                budget -= num_new
+            entries += plan
+            reserved += need
+            budget -= sum(num_new for _, num_new in plan)
             slots -= len(plan)
             i += 1
 
@@ -138,7 +137,7 @@ class Scheduler:
             limit = group.fork_len if group.needs_fork else seq.num_tokens
             cached = bm.find_cached_prefix(seq.token_ids, limit - 1)  # always compute >= 1 token
             num_new = min(limit - len(cached) * bm.block_size, budget)
-            if bm.blocks_needed_from(cached, len(cached) * bm.block_size + num_new) > bm.num_free_blocks:
+            if bm.blocks_needed_from(cached, len(cached) * bm.block_size + num_new) > bm.num_free_blocks - reserved:
                 break
             self.waiting.popleft()
             self.running.append(group)
@@ -147,11 +146,19 @@ class Scheduler:
                 group.metrics.first_scheduled_time = time.monotonic()
                 group.metrics.num_cached_prompt_tokens = seq.num_computed_tokens
                 self.prompt_tokens_cached += seq.num_computed_tokens
-            copies += bm.allocate_slots(seq, num_new)
             entries.append((seq, num_new))
+            reserved += bm.blocks_needed([(seq, num_new)])
             budget -= num_new
             slots -= 1
 
+        # Prefill chunks take their blocks before decodes do, so that a chunk can continue the
+        # ids of the sequence's previous chunk (see BlockManager's allocation). Each group's
+        # entries keep their order: copy-on-write accounting depends on it.
+        copies: list[tuple[int, int]] = []
+        free_before = bm.num_free_blocks
+        for seq, num_new in sorted(entries, key=lambda e: e[1] == 1):
+            copies += bm.allocate_slots(seq, num_new)
+        assert free_before - bm.num_free_blocks == reserved, "blocks_needed must be exact"
         return self._build_batch(entries, copies, preempted)
 
     def _build_batch(self, entries: list[tuple[Sequence, int]], copies, preempted: int) -> ScheduledBatch:

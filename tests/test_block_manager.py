@@ -126,10 +126,10 @@ def test_lru_eviction_from_free_list_head():
     run(bm, a, 8)  # blocks 0, 1 cached
     bm.free(a)
     assert bm.free_order() == [2, 3, 4, 5, 1, 0]
-    b = make_seq(range(100, 120))  # 5 blocks: takes 2, 3, 4, 5 and then evicts 1
-    run(bm, b, 17)
-    assert b.block_table == [2, 3, 4, 5, 1]
-    assert bm.block_key[1] is None  # evicted; now b's partial last block, not cached
+    b = make_seq(range(100, 120))  # 5 blocks: no clean run of 5, so the 5 least recently freed
+    run(bm, b, 17)                  # (2, 3, 4, 5, then 1 evicted), in id order
+    assert b.block_table == [1, 2, 3, 4, 5]
+    assert bm.block_key[1][1] == (100, 101, 102, 103)  # a's entry evicted; now b's first block
     assert bm.free_order() == [0]
     # a's second block is gone; its first block (freed last) survived
     c = make_seq(range(9))
@@ -151,8 +151,8 @@ def test_stale_child_unreachable_after_parent_evicted():
     bm.free(a)  # free order: 3 4 2 1 0
     # evict only block 0 (a's first block): allocate until it is popped
     e = make_seq(range(500, 520))
-    run(bm, e, 17)  # takes 3, 4, 2, 1, 0
-    assert e.block_table == [3, 4, 2, 1, 0]
+    run(bm, e, 17)  # takes 3, 4, 2, 1, 0 (the least recently freed), in id order
+    assert e.block_table == [0, 1, 2, 3, 4]
     bm.free(e)
     again = make_seq(range(12))
     assert bm.find_cached_prefix(again.token_ids, 12) == []
@@ -243,3 +243,80 @@ def test_prefix_caching_disabled():
     run(bm, a, 9)
     bm.free(a)
     assert bm.cache == {} and bm.find_cached_prefix(list(range(9)), 8) == []
+
+
+def test_prefill_takes_consecutive_clean_blocks():
+    bm = BlockManager(16, BS, enable_prefix_caching=False)
+    a, b = make_seq(range(12)), make_seq(range(12))
+    run(bm, a, 12)
+    run(bm, b, 12)
+    assert a.block_table == [0, 1, 2] and b.block_table == [3, 4, 5]
+    bm.free(a)
+    bm.free(b)
+    # freed last-to-first: the queue holds both runs backwards, yet a prefill gets one ascending run
+    assert bm.free_order() == [6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 2, 1, 0, 5, 4, 3]
+    c = make_seq(range(20))
+    run(bm, c, 20)
+    assert c.block_table == [0, 1, 2, 3, 4]  # the lowest run of 5 clean blocks
+    # a decode's single block is the queue's head
+    c.append(1)
+    run(bm, c, 1)
+    assert c.block_table[-1] == 6
+    # a prefill gets the lowest clean run ...
+    d = make_seq(range(24))
+    run(bm, d, 8)
+    assert d.block_table == [7, 8]  # 5 alone is too short
+    # ... but a later chunk of it continues its last block while the ids after it are free
+    bm.free(c)
+    assert bm.clean[:7] == b"\x01" * 7  # 0, 1 would be the lowest run now
+    run(bm, d, 8)
+    assert d.block_table == [7, 8, 9, 10]
+    # no clean run long enough: the k least recently freed blocks, sorted
+    e = make_seq(range(20))
+    run(bm, e, 20)
+    assert e.block_table == [0, 1, 2, 3, 4]
+    f = make_seq(range(24))
+    run(bm, f, 24)  # clean now: 5, 6, 11..15 (no run of 6); the queue: 11 12 13 14 15 5 6
+    assert f.block_table == [5, 11, 12, 13, 14, 15]
+    assert bm.free_order() == [6]
+
+
+def test_prefill_run_leaves_cached_free_blocks_alone():
+    bm = BlockManager(8, BS)
+    a = make_seq(range(12))
+    run(bm, a, 12)
+    bm.free(a)  # 0, 1, 2 free but cached; queue: 3 4 5 6 7 2 1 0
+    b = make_seq(range(100, 108))
+    run(bm, b, 8)
+    assert b.block_table == [3, 4]
+    assert bm.find_cached_prefix(list(range(12)), 12) == [0, 1, 2]
+
+
+def test_scheduler_gives_prefill_chunks_their_blocks_before_decodes():
+    """A chunked prompt's second chunk continues the ids of its first even though another
+    group's decodes (a copy-on-write copy here) take blocks in the same step."""
+    from engine.config import EngineConfig
+    from engine.scheduler import Scheduler
+
+    bm = BlockManager(32, BS, enable_prefix_caching=False)
+    sched = Scheduler(EngineConfig(max_num_batched_tokens=16, num_kv_blocks=32), bm)
+    a, b = make_group(range(6), n=2), make_group(range(100, 130))
+    sched.add(a)
+    sched.add(b)
+
+    def step():
+        batch = sched.schedule()
+        sched.commit(batch)
+        for targets in batch.sample_targets:
+            for seq in targets:
+                seq.append(7)
+        return batch
+
+    first = step()  # a's prompt (6 tokens) and b's first 10
+    assert first.num_new_tokens == [6, 10]
+    assert a.seqs[0].block_table == [0, 1] and b.seqs[0].block_table == [2, 3, 4]
+    second = step()  # a's two samples decode, b's next 14 tokens
+    assert second.num_new_tokens == [1, 1, 14]
+    assert b.seqs[0].block_table == [2, 3, 4, 5, 6, 7]
+    assert second.copies == [(1, 8)]  # the first sample copies the shared partial block after b took its run
+    assert [s.block_table for s in a.seqs] == [[0, 8], [0, 1]]
