@@ -858,7 +858,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"transformers {m['transformers']}; load average at start {_fmt((m.get('load_avg_start') or [None])[0], '.2f')}"
         f", at end {_fmt((m.get('load_avg_end') or [None])[0], '.2f')}.",
         "",
-        f"Ceiling: {c['basis']}; GEMM {c['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s (median of "
+        f"Ceiling: {c['basis']}; GEMM ({c['gemm']}) {c['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s (median of "
         f"{len(c['gemm_flops_per_s_samples'])}, range {min(c['gemm_flops_per_s_samples']) / 1e9:.1f}–"
         f"{max(c['gemm_flops_per_s_samples']) / 1e9:.1f})"
         + (f" → {c['tokens_per_s']:.0f} tokens/s." if c.get("tokens_per_s") else "."),
