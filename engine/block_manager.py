@@ -95,7 +95,6 @@ class BlockManager:
         if k == 1:
             return [self._allocate()]
         run = b"\x01" * k
-        start = -1
         if after is not None and self.clean[after + 1 : after + 1 + k] == run:
             start = after + 1
         else:
@@ -119,6 +118,7 @@ class BlockManager:
         assert self.cache.get(key) == block_id
         del self.cache[key]
         self.block_key[block_id] = None
+        self.clean[block_id] = self.ref_counts[block_id] == 0
 
     def _note_peak(self) -> None:
         self.peak_used_blocks = max(self.peak_used_blocks, self.num_used_blocks)
@@ -234,6 +234,5 @@ class BlockManager:
             block_id = seq.block_table[i]
             if self._release(block_id) and i >= computed_blocks and self.block_key[block_id] is not None:
                 self._uncache(block_id)
-                self.clean[block_id] = 1
         seq.block_table = []
         seq.block_cache_ids = []

@@ -45,7 +45,9 @@ def tiny_model_dir(tiny_model_factory) -> Path:
 @pytest.fixture(scope="module")
 def single_torch_thread():
     """torch at one thread for a module's tests, restored after (a module opts in with
-    `pytestmark = pytest.mark.usefixtures("single_torch_thread")`)."""
+    `pytestmark = pytest.mark.usefixtures("single_torch_thread")`). Tiny models gain nothing from
+    intra-op threads, and on a shared 2-core machine OpenMP barriers with a descheduled thread
+    make every op ~100x slower."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

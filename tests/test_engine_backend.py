@@ -9,7 +9,8 @@ import pytest
 
 from harness.backends.base import GenerationRequest, SamplingParams
 from harness.backends.engine import EngineBackend, parse_bytes
-from tests.test_engine import single_thread  # noqa: F401  (autouse: one intra-op thread)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

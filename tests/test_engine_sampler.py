@@ -3,10 +3,12 @@ on the batch, filters follow HF's order, logprobs."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from engine.sampler import _sample_sorted, logprobs, sample, uniforms
-from tests.test_engine import single_thread  # noqa: F401  (autouse: one intra-op thread)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def batch(num_rows, vocab, scale, seed):

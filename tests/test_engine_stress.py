@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from engine import LLM, SamplingParams
 from engine.block_manager import cdiv
-from tests.test_engine import single_thread  # noqa: F401  (autouse: one intra-op thread)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def check_pool_is_clean(bm):

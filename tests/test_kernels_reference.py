@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import copy_blocks, paged_decode_attention, paged_prefill_attention, write_kv
-from tests.test_engine import single_thread  # noqa: F401  (autouse: one intra-op thread)
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 HEAD_DIM = 16
 
 
