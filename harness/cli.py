@@ -54,7 +54,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from harness.report import rich_table
+    from harness.report import headline, rich_table
     from harness.runner import EvalOptions, evaluate
 
     console = Console(stderr=True)
@@ -71,6 +71,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     finally:
         bar.stop()
     Console().print(rich_table(result.results))
+    print(headline(result.results))
     print(f"Run directory: {result.run_dir}")
     return 0
 

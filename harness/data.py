@@ -20,15 +20,17 @@ else the row index in the split, as a string.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import importlib
 import importlib.resources
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from harness import HarnessError
 
@@ -54,6 +56,12 @@ class LoadedSplit:
     docs: list[dict]
     source: str  # where the docs came from, for results.json
     sha256: str  # of the docs' canonical JSON, for provenance
+
+
+def packaged_splits(name: str) -> set[str]:
+    """The splits of dataset `name` that an installed package ships (no network needed)."""
+    return {split for pkg in PACKAGE_SOURCES.get(name, []) if importlib.util.find_spec(pkg.module) is not None
+            for split in pkg.files}
 
 
 class _Miss(Exception):
@@ -123,8 +131,8 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
 
     lines = "\n".join(f"  {i}. {t}" for i, t in enumerate(tried, 1))
     raise HarnessError(
-        f"dataset {name!r}: no source has split {split!r}; tried, in order:\n{lines}\n"
-        f"  (point --data-dir or ${DATA_ENV} at a folder with {split}.jsonl, or at one with {name}/{split}.jsonl)"
+        f"dataset {name!r}: no source has split {split!r}: pass --data-dir DIR (or set ${DATA_ENV}) with "
+        f"DIR/{split}.jsonl or DIR/{name}/{split}.jsonl; tried, in order:\n{lines}"
     )
 
 
@@ -181,12 +189,65 @@ def _from_hub(hub: Any, split: str) -> tuple[list[dict], str]:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise _Miss(f"{label}: the 'datasets' package is not installed (pip install datasets)") from None
+    unreachable = _hub_unreachable()
     try:
-        ds = datasets.load_dataset(path, config, split=split, revision=revision)
+        if unreachable:  # the local datasets cache only: fails in a second instead of retrying
+            with _datasets_offline_mode(datasets):
+                ds = datasets.load_dataset(path, config, split=split, revision=revision)
+        else:
+            ds = datasets.load_dataset(path, config, split=split, revision=revision)
     except Exception as e:  # network, auth, unknown split: all one-line reasons
+        if unreachable:
+            raise _Miss(f"{label}: {unreachable}, and not in the local datasets cache") from None
         raise _Miss(f"{label}: {type(e).__name__}: {_one_line(str(e))[:300]}") from None
     rows = [dict(r) for r in ds]
     return rows, f"hub {label}{'@' + revision if revision else ''} split {split}"
+
+
+_OFFLINE_ENVS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached now ("hub unreachable (host: reason)"), or None.
+
+    `datasets` retries an unreachable hub for ~25 s before it gives up, so on a machine without
+    network an evaluation would wait that long for its data error. One TCP connection attempt
+    (3 s at most) answers first; the caller then reads only the local datasets cache. With
+    HF_DATASETS_OFFLINE / HF_HUB_OFFLINE set, `datasets` is offline already: no probe."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_ENVS):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        return f"hub unreachable ({host}: {e.strerror or type(e).__name__})"
+    return None
+
+
+@contextlib.contextmanager
+def _datasets_offline_mode(datasets_module: Any) -> Iterator[None]:
+    """`datasets` (and huggingface_hub under it) in offline mode for one call: their switches are
+    module constants read at call time, set from the environment at import."""
+    switches = [getattr(datasets_module, "config", None)]
+    try:
+        from huggingface_hub import constants as hub_constants
+
+        switches.append(hub_constants)
+    except ImportError:
+        pass
+    saved = [(m, m.HF_HUB_OFFLINE) for m in switches if m is not None and hasattr(m, "HF_HUB_OFFLINE")]
+    try:
+        for m, _ in saved:
+            m.HF_HUB_OFFLINE = True
+        yield
+    finally:
+        for m, value in saved:
+            m.HF_HUB_OFFLINE = value
 
 
 # ------------------------------------------------------------------------------------ files

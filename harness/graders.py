@@ -38,6 +38,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
+import regex
+
 from harness import HarnessError
 
 # ----------------------------------------------------------------------------------------------
@@ -47,9 +49,22 @@ from harness import HarnessError
 Step = Callable[[str], "str | None"]
 
 
-def _regex_step(pattern: re.Pattern[str], group: int | None, select: str | int) -> Step:
+# A filter's regex gets this long per call: a catastrophic-backtracking pattern in a task spec costs
+# one sample's extraction (recorded as its grader_error), never a hung run. The `regex` package
+# (a transformers dependency) runs re's syntax with timeouts.
+REGEX_TIMEOUT_S = 2.0
+
+
+class GradingTimeout(Exception):
+    pass
+
+
+def _regex_step(pattern: Any, group: int | None, select: str | int) -> Step:
     def run(text: str) -> str | None:
-        matches = list(pattern.finditer(text))
+        try:
+            matches = list(pattern.finditer(text, timeout=REGEX_TIMEOUT_S))
+        except TimeoutError:
+            raise GradingTimeout(f"regex {pattern.pattern!r} timed out after {REGEX_TIMEOUT_S:g} s") from None
         if not matches:
             return None
         if select == "first":
@@ -215,8 +230,8 @@ def _validate_step(where: str, step: Any) -> Step:
         if not isinstance(pattern, str):
             raise HarnessError(f"{where}.pattern: expected a string, got {pattern!r}")
         try:
-            compiled = re.compile(pattern)
-        except re.error as e:
+            compiled = regex.compile(pattern)
+        except regex.error as e:
             raise HarnessError(f"{where}.pattern: bad regex {pattern!r}: {e}") from None
         group = step.get("group")
         if group is not None:
@@ -816,6 +831,7 @@ class GradeResult:
     answer: str | None  # what the filter extracted; None = nothing extracted
     key: str | None  # the vote key; None = invalid (nothing extracted, or not a valid value)
     correct: bool
+    error: str | None = None  # extraction failed (e.g. a regex timed out): invalid, and recorded
 
     @property
     def invalid(self) -> bool:
@@ -848,7 +864,11 @@ class Grader:
         results: dict[str, GradeResult] = {}
         visible = strip_think(text) if self.strip_think else text
         for name, extract in self.filters.items():
-            answer = extract(visible) if visible is not None else None
+            try:
+                answer = extract(visible) if visible is not None else None
+            except GradingTimeout as e:
+                results[name] = GradeResult(None, None, False, error=f"filter {name!r}: {e}")
+                continue
             key = self.comparator.key(answer) if answer is not None else None
             correct = key is not None and self.comparator.equal(answer, gold)  # type: ignore[arg-type]
             results[name] = GradeResult(answer, key, correct)

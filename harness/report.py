@@ -37,6 +37,24 @@ def fmt(value: Any, stderr: Any = None) -> str:
     return s
 
 
+def headline(results: dict[str, Any]) -> str:
+    """One line: the primary filter's accuracy (mean@n and maj@k too when n > 1) with 95% CIs."""
+    ms = results.get("metrics", {})
+    filt = results.get("primary_filter") if results.get("primary_filter") in ms else next(iter(ms), None)
+    n = (results.get("sampling") or {}).get("n") or 1
+    parts = []
+    if filt is not None:
+        m = ms[filt]
+        names = ["acc"] if n == 1 else [f"mean@{n}", f"maj@{max(results.get('ks') or [1])}"]
+        for name in names:
+            if name in m:
+                ci = m.get(f"{name}_ci")
+                parts.append(f"{name} {m[name]:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+    what = f"{results.get('n_problems')} problems × {n} sample{'s' if n != 1 else ''}"
+    errors = f", {results['errors']} errors" if results.get("errors") else ""
+    return f"{results.get('task')} · {results.get('model', {}).get('id')} · {filt}: {', '.join(parts) or 'no metrics'} on {what}{errors}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     model = results.get("model", {})
     run = results.get("run", {})

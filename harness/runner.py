@@ -7,6 +7,7 @@ data, prompts, backends, graders, metrics, rundir, report).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import time
@@ -54,6 +55,10 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
+
+
 def sample_seed(run_seed: int, doc_id: str, sample_idx: int) -> int:
     from engine.sampler import derive_seed
 
@@ -72,15 +77,23 @@ def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log:
     params = spec.sampling
     grader = Grader(spec.filters, spec.comparator, strip_think=spec.strip_think)
 
-    from harness.models import resolve_model
-
-    model = resolve_model(opts.model)
+    # Data first: a missing split must fail in seconds, before a model is installed or loaded.
     docs = data.load_docs(spec.dataset, spec.dataset.split, opts.data_dir)
     if opts.limit is not None:
         if opts.limit < 1:
             raise HarnessError(f"--limit must be a positive integer, got {opts.limit}")
         docs = docs[: opts.limit]
+    fewshot_docs = None
+    if spec.needs_fewshot_split:
+        try:
+            fewshot_docs = data.load_docs(spec.dataset, spec.dataset.fewshot_split, opts.data_dir)
+        except HarnessError as e:
+            raise HarnessError(f"task {spec.name} draws its {spec.prompt.fewshot.num} few-shot shots from split "
+                               f"{spec.dataset.fewshot_split!r}{_offline_hint(spec, opts.include_paths)}; {e}") from None
 
+    from harness.models import resolve_model
+
+    model = resolve_model(opts.model)
     identity = {
         "task": spec.name,
         "spec_hash": spec.spec_hash,
@@ -107,13 +120,11 @@ def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log:
     backend_opts = dict(opts.backend_options)
     if opts.batch_size is not None:
         backend_opts["batch_size"] = opts.batch_size
+    t_load = time.perf_counter()
     backend = get_backend(opts.backend, model, **backend_opts)
     t0 = time.perf_counter()
     gen_tokens = 0
     try:
-        fewshot_docs = None
-        if spec.needs_fewshot_split:
-            fewshot_docs = data.load_docs(spec.dataset, spec.dataset.fewshot_split, opts.data_dir)
         builder = prompts.PromptBuilder(spec, backend.tokenizer, fewshot_docs)
 
         requests: list[GenerationRequest] = []
@@ -142,12 +153,15 @@ def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log:
                     messages=built.messages))
         write_text_atomic(rd.path / "docs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in doc_rows))
 
+        log(f"generating {total - on_disk} samples ({opts.backend} backend ready in {t0 - t_load:.1f} s)")
         if progress is not None:
             progress("start", total=total, completed=on_disk)
         with SampleWriter(rd.samples_path) as writer:
             stream = backend.generate(requests) if requests else iter(())
-            for c in [*failed, *stream]:
-                row = _sample_row(c, grader, spec, gold.get(c.doc_id, ""), prompt_hash.get(c.doc_id, ""),
+            # Lazily: each sample is graded, on disk (fsync) and reported as soon as the backend
+            # yields it, so a crash loses only samples still generating.
+            for c in itertools.chain(failed, stream):
+                row = _sample_row(c, grader, gold.get(c.doc_id, ""), prompt_hash.get(c.doc_id, ""),
                                   sample_seed(params.seed, c.doc_id, c.sample_idx))
                 writer.write(row)
                 gen_tokens += c.generated_tokens
@@ -182,12 +196,35 @@ def evaluate(opts: EvalOptions, progress: Callable[..., Any] | None = None, log:
     return EvalResult(rd.path, results)
 
 
+def _offline_hint(spec: Any, include_paths: list[Path]) -> str:
+    """" (tasks that run offline with the packaged data: a, b)" for a spec whose data is missing."""
+    from harness import data, tasks
+
+    ok = []
+    for name, _, path in tasks.list_tasks(include_paths):
+        other = tasks.load_task(str(path))
+        if other.dataset.name != spec.dataset.name or name == spec.name:
+            continue
+        needed = {other.dataset.split} | ({other.dataset.fewshot_split} if other.needs_fewshot_split else set())
+        if needed <= data.packaged_splits(other.dataset.name):
+            ok.append(name)
+    return f" (tasks that run offline with the packaged data: {', '.join(ok)})" if ok else ""
+
+
 def _params_dict(params: Any) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in ((f, getattr(params, f)) for f in params.__slots__)}
 
 
-def _sample_row(c: Completion, grader: Any, spec: Any, target: str, prompt_hash: str, seed: int) -> dict:
-    graded = grader.grade(c.text, target) if c.finish_reason != "error" else {}
+def _sample_row(c: Completion, grader: Any, target: str, prompt_hash: str, seed: int) -> dict:
+    """The samples.jsonl line of one finished sample. Grading cannot cost the sample: if it
+    raises, the raw generation is kept with `grader_error` set and no answers (invalid)."""
+    graded: dict = {}
+    grader_error = None
+    if c.finish_reason != "error":
+        try:
+            graded = grader.grade(c.text, target)
+        except Exception as e:  # noqa: BLE001 - recorded per sample; the run goes on
+            grader_error = _one_line(f"{type(e).__name__}: {e}")[:500]
     return {
         "doc_id": c.doc_id,
         "sample_idx": c.sample_idx,
@@ -203,6 +240,7 @@ def _sample_row(c: Completion, grader: Any, spec: Any, target: str, prompt_hash:
         "ttft": c.ttft,
         "latency": c.latency,
         "error": c.error,
+        "grader_error": grader_error or next((g.error for g in graded.values() if g.error), None),
         "answers": {f: g.answer for f, g in graded.items()},
         "keys": {f: g.key for f, g in graded.items()},
         "scores": {f: float(g.correct) for f, g in graded.items()},

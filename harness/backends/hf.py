@@ -19,8 +19,9 @@ Finishing, checked after every step for each row (first match wins):
 id, or the token that completed the stop string). `text` is decoded with special tokens skipped and
 cut just before the earliest stop string, which never appears in it.
 
-Timing: `ttft` and `latency` are measured from the moment the row's batch is handed to the model
-(rows waiting for an earlier batch are not charged for it) to its first token / its finish.
+Timing: `ttft` and `latency` are measured from submission (the first `next()` of `generate`, when
+every request is handed over, as in the engine) to the row's first token / its finish; a row that
+waits for earlier batches is charged for the wait, as a request queued in a server would be.
 """
 
 from __future__ import annotations
@@ -96,7 +97,6 @@ class _Batch:
         self.P = prompt_len
         self.eos_ids = eos_ids
         self.tok = tokenizer
-        self.t0 = time.perf_counter()
         self.t_first: float | None = None
         self.done = [False] * len(rows)
         self.seeds = [r.seed for r in rows]
@@ -202,6 +202,7 @@ class HFBackend:
         self.device = resolve_device(device)
         self.torch_dtype = resolve_dtype(dtype, self.device, self.model)
         self.batch_size = max(1, int(batch_size))
+        self._submitted = time.perf_counter()  # set again by every generate() call
         self._tok = load_tokenizer(self.model)
         kw: dict[str, Any] = {"dtype": self.torch_dtype}
         if attn_implementation:
@@ -268,6 +269,7 @@ class HFBackend:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
         """Yield completions batch by batch; a request that cannot run yields error completions."""
+        self._submitted = time.perf_counter()  # what ttft/latency count from
         rows: list[_Row] = []
         for req in requests:
             if not req.sample_indices:
@@ -367,10 +369,10 @@ class HFBackend:
         t_end = time.perf_counter()
         completions: list[Completion] = []
         for i, r in enumerate(rows):
-            completions.extend(self._finalise(r, gen[i], b, t_end))
+            completions.extend(self._finalise(r, gen[i], b, t_end, self._submitted))
         return completions
 
-    def _finalise(self, r: _Row, gen: list[int], b: _Batch, t_end: float) -> list[Completion]:
+    def _finalise(self, r: _Row, gen: list[int], b: _Batch, t_end: float, submitted: float) -> list[Completion]:
         p = r.params
         if not r.done:  # generate ended without our criteria firing (should not happen)
             r.n_gen, r.reason, r.stop_reason, r.t_finish = min(len(gen), r.max_new), "length", None, t_end
@@ -395,8 +397,8 @@ class HFBackend:
         elif stop_reason == "<stop>":  # the window saw a stop the full text does not hold (decode edge case)
             reason, stop_reason = "stop", None
         logprobs = r.logprobs[: len(ids)] if p.logprobs is not None else None
-        ttft = (b.t_first - b.t0) if b.t_first is not None else None
-        latency = (r.t_finish or t_end) - b.t0
+        ttft = (b.t_first - submitted) if b.t_first is not None else None
+        latency = (r.t_finish or t_end) - submitted
         return [
             Completion(
                 request_id=r.req.request_id,
