@@ -11,6 +11,7 @@ import torch
 
 GiB = 1 << 30
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 
 
 class EngineConfigError(ValueError):
@@ -62,13 +63,9 @@ class EngineConfig:
         """A copy with device, dtype, max_model_len and the batch budget filled in and checked
         against the model. The KV block count is decided by the model runner (it needs the model)."""
         cfg = dataclasses.replace(self)
-        if cfg.device == "auto":
-            cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg.device = resolve_device(cfg.device)
         on_cuda = cfg.device.startswith("cuda")
-        if on_cuda and not torch.cuda.is_available():
-            raise EngineConfigError(f"device={cfg.device!r} but CUDA is not available")
-        if cfg.dtype == "auto":
-            cfg.dtype = "bfloat16" if on_cuda else "float32"
+        cfg.dtype = resolve_dtype(cfg.dtype, cfg.device)
         from kernels.backend import BackendError, resolve_backend
 
         try:
@@ -92,6 +89,28 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def resolve_device(device: str | None) -> str:
+    """"auto" (or None) → "cuda" when CUDA is available, else "cpu"; a CUDA device that is not
+    available is an EngineConfigError."""
+    if not device or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise EngineConfigError(f"device={device!r} but CUDA is not available")
+    return str(device)
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """"auto" (or None) → bfloat16 on CUDA, float32 elsewhere; aliases (fp32, bf16, fp16, half)
+    → their names in DTYPES."""
+    name = (dtype or "auto").lower()
+    if name == "auto":
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
+    name = DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise EngineConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return name
 
 
 def default_cpu_kv_bytes() -> int:

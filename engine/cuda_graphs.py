@@ -17,6 +17,8 @@ import logging
 
 import torch
 
+from engine.attention import AttentionMetadata
+
 logger = logging.getLogger(__name__)
 
 CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -24,8 +26,7 @@ CAPTURE_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 
 class DecodeGraphs:
     def __init__(self, runner, max_batch: int):
-        from engine.model_runner import AttentionMetadata
-
+        """`runner`: the engine's ModelRunner (its forward, device, config, kv_caches and ops)."""
         self.runner = runner
         self.sizes = [s for s in CAPTURE_SIZES if s <= max_batch] or [1]
         if max_batch > self.sizes[-1] and max_batch <= CAPTURE_SIZES[-1]:
@@ -49,11 +50,11 @@ class DecodeGraphs:
             rows = torch.arange(size, device=dev)
             args = (self.input_ids[:, :size], self.positions[:, :size], meta, rows)
             for _ in range(2):  # compile the Triton kernels and warm the allocator outside capture
-                runner._forward(*args)
+                runner.forward(*args)
             torch.cuda.synchronize(dev)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                logits = runner._forward(*args)
+                logits = runner.forward(*args)
             pool = graph.pool()
             self.graphs[size] = (graph, logits)
         torch.cuda.synchronize(dev)

@@ -15,6 +15,7 @@ from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
+from engine.tokenizer import encode_prompt, eos_token_ids
 from engine.sequence import RequestOutput, Sequence, SequenceGroup
 
 
@@ -58,7 +59,8 @@ class LLMEngine:
             self.runner.num_blocks, self.config.block_size, self.config.enable_prefix_caching
         )
         self.scheduler = Scheduler(self.config, self.block_manager)
-        self.eos_token_ids = _eos_ids(self.runner.model, self.tokenizer)
+        model = self.runner.model
+        self.eos_token_ids = set(eos_token_ids([getattr(model, "generation_config", None), model.config], self.tokenizer))
         self._ids = itertools.count()
         self._next_seq_id = 0
         self._pending: list[RequestOutput] = []  # rejected/aborted requests, reported at the next step
@@ -82,10 +84,7 @@ class LLMEngine:
         params = params or SamplingParams()
         request_id = str(next(self._ids)) if request_id is None else request_id
         if isinstance(prompt, str):
-            # special tokens (BOS) are added unless a chat template already put BOS in the text
-            bos = getattr(self.tokenizer, "bos_token", None)
-            add_special = not (bos and prompt.startswith(bos))
-            text, token_ids = prompt, self.tokenizer(prompt, add_special_tokens=add_special).input_ids
+            text, token_ids = prompt, encode_prompt(self.tokenizer, prompt)
         else:
             text, token_ids = None, [int(t) for t in prompt]
         if params.seeds is not None:
@@ -268,13 +267,3 @@ def _find_stop(text: str, old_len: int, stops: list[str]) -> tuple[int, str] | N
         if at != -1 and (best is None or at < best[0]):
             best = (at, stop)
     return best
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
-        value = getattr(source, "eos_token_id", None)
-        if value is None:
-            continue
-        ids.update(value if isinstance(value, (list, tuple, set)) else [value])
-    return {int(i) for i in ids}

@@ -1,12 +1,9 @@
-"""Runs an HF transformers causal LM over the paged KV cache.
+"""Runs an HF transformers causal LM over the paged KV cache, one scheduled step at a time.
 
-The model's own modeling code runs unchanged; only its attention function is ours. We register
-`paged_attention_forward` in transformers' AttentionInterface and load the model with
-attn_implementation=ATTN_NAME. transformers then calls it in every attention layer with the
-module (module.layer_idx picks the cache), the projected and rotated q/k/v for the whole step,
-`scaling`, `sliding_window` and `softcap` as the layer wants them, and every extra keyword given
-to `model(...)` - we pass the step's AttentionMetadata that way. transformers builds no mask for
-an implementation it has no mask function for (masking_utils exits early and passes None).
+The model's own modeling code runs unchanged; only its attention function is ours
+(engine/attention.py): the model is loaded with attn_implementation=ATTN_NAME, and every step
+passes its AttentionMetadata to `model(...)` as the keyword `attn_metadata`, which transformers
+hands on to each attention layer.
 
 A step is one flattened batch: input_ids and position_ids [1, T] hold every scheduled
 sequence's new tokens back to back, decodes first, then prefill chunks. Logits are computed
@@ -17,86 +14,16 @@ still applies).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
+from engine.attention import ATTN_NAME, AttentionMetadata, register_attention
 from engine.config import EngineConfig, EngineConfigError
 from engine.cpu_tuning import keep_freed_memory, use_onednn_linears
 from engine.scheduler import ScheduledBatch
 from kernels.backend import get_ops
-from kernels.paged_attention import DecodePlan, plan_decode, planned_decode_attention
-
-ATTN_NAME = "reasoning_paged"
-
-
-@dataclass(slots=True)
-class AttentionMetadata:
-    """Built once per step, read by every layer."""
-
-    kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
-    slot_mapping: torch.Tensor  # [T] flat cache slot of each new token
-    num_decode_tokens: int  # the first rows: one token per sequence
-    decode_context_lens: torch.Tensor | None = None  # [Bd]
-    decode_block_tables: torch.Tensor | None = None  # [Bd, max_blocks], padded with 0
-    shared_prefixes: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # (decode rows, blocks)
-    prefill_cu_seqlens_q: torch.Tensor | None = None  # [Bp + 1]
-    prefill_context_lens: torch.Tensor | None = None  # [Bp]
-    prefill_block_tables: torch.Tensor | None = None  # [Bp, max_blocks]
-    ops: Any = None  # kernel namespace from kernels.backend.get_ops (None: the torch ops)
-    decode_plan: DecodePlan | None = None  # torch backend: the decode rows' grouping, made once per step
-
-
-def paged_attention_forward(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # [1, H, T, D]
-    key: torch.Tensor,  # [1, kvH, T, D]
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    sliding_window: int | None = None,
-    softcap: float | None = None,
-    attn_metadata: AttentionMetadata | None = None,
-    **_: object,
-) -> tuple[torch.Tensor, None]:
-    meta = attn_metadata
-    assert meta is not None, f"{ATTN_NAME} attention needs the engine's attn_metadata"
-    assert query.shape[0] == 1, "the engine runs one flattened batch"
-    q = query[0].transpose(0, 1)  # [T, H, D]
-    ops = meta.ops or get_ops("torch")
-    k_cache, v_cache = meta.kv_caches[module.layer_idx]
-    ops.write_kv(k_cache, v_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
-    scale = module.head_dim**-0.5 if scaling is None else scaling
-    nd = meta.num_decode_tokens
-
-    def decode(qd: torch.Tensor) -> torch.Tensor:
-        if meta.decode_plan is not None and sliding_window is None and softcap is None:
-            return planned_decode_attention(qd, k_cache, v_cache, meta.decode_plan, scale)
-        args = (qd, k_cache, v_cache, meta.decode_context_lens, meta.decode_block_tables, scale, sliding_window, softcap)
-        if meta.shared_prefixes:
-            return ops.shared_prefix_decode_attention(*args, shared_prefixes=meta.shared_prefixes)
-        return ops.paged_decode_attention(*args)
-
-    if nd == q.shape[0]:
-        out = decode(q)
-    else:
-        out = torch.empty_like(q)
-        if nd:
-            out[:nd] = decode(q[:nd])
-        out[nd:] = ops.paged_prefill_attention(
-            q[nd:], k_cache, v_cache, meta.prefill_cu_seqlens_q, meta.prefill_context_lens,
-            meta.prefill_block_tables, scale, sliding_window, softcap,
-        )
-    return out.unsqueeze(0), None  # [1, T, H, D], as transformers' attention functions return
-
-
-def register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTN_NAME, paged_attention_forward)
+from kernels.paged_attention import plan_decode
 
 
 class ModelRunner:
@@ -186,7 +113,7 @@ class ModelRunner:
         positions = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]
         input_ids = torch.zeros_like(positions)
         keep = torch.arange(max(num_tokens - cfg.max_num_seqs, 0), num_tokens, device=self.device)
-        self._forward(input_ids, positions, meta, keep)
+        self.forward(input_ids, positions, meta, keep)
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         del scratch, caches, meta
@@ -197,7 +124,9 @@ class ModelRunner:
         scratch_bytes = sum(blocks) * self.bytes_per_block
         return int(total * cfg.gpu_memory_utilization - (peak - scratch_bytes) - non_torch)
 
-    def _forward(self, input_ids, positions, meta: AttentionMetadata, logits_rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids, positions, meta: AttentionMetadata, logits_rows: torch.Tensor) -> torch.Tensor:
+        """The model over one step's prepared inputs: logits [R, V] in the model's dtype for rows
+        `logits_rows`. No block copies, no host sync (engine/cuda_graphs.py captures this)."""
         if self.supports_logits_to_keep:
             out = self.model(
                 input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=meta, logits_to_keep=logits_rows
@@ -222,7 +151,7 @@ class ModelRunner:
         if (self.graphs is not None and not batch.shared_prefixes
                 and batch.num_decode == len(batch.seqs) <= self.graphs.max_batch):
             return self.graphs.run(input_ids, positions, meta, logits_rows).float()
-        return self._forward(input_ids, positions, meta, logits_rows).float()
+        return self.forward(input_ids, positions, meta, logits_rows).float()
 
     def prepare(self, batch: ScheduledBatch):
         bs, dev = self.block_size, self.device

@@ -78,12 +78,14 @@ def _torch_ops() -> SimpleNamespace:
 
 
 _TRITON_MODULES = (  # dependency order
+    "kernels.triton_common",
     "kernels.triton_paged_decode",
     "kernels.triton_shared_prefix",
     "kernels.triton_paged_prefill",
     "kernels.triton_write_kv",
     "kernels.triton_copy_blocks",
 )
+_MODE_PROBES = (("kernels.triton_common", "paged_tile_scores"), ("kernels.triton_paged_decode", "_decode_kernel"))
 
 
 def _sync_interpreter_mode() -> None:
@@ -93,12 +95,13 @@ def _sync_interpreter_mode() -> None:
     import importlib
     import sys
 
-    decode = sys.modules.get("kernels.triton_paged_decode")
-    if decode is None:
+    # the shared helpers, which the prefill kernel imports without the decode kernel, and the latter
+    probes = [getattr(sys.modules[name], attr) for name, attr in _MODE_PROBES if name in sys.modules]
+    if not probes:
         return
     from triton.runtime.interpreter import InterpretedFunction
 
-    if isinstance(decode._decode_kernel, InterpretedFunction) == _interpreter_on():
+    if all(isinstance(fn, InterpretedFunction) == _interpreter_on() for fn in probes):
         return
     for name in _TRITON_MODULES:
         if name in sys.modules:

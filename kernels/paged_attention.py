@@ -171,7 +171,7 @@ def _prefill_one(
     return o[0].transpose(0, 1)
 
 
-def _decode_tail(
+def decode_tail(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -215,55 +215,25 @@ def paged_decode_attention(
     scale: float,
     sliding_window: int | None = None,
     softcap: float | None = None,
-    *,
-    shared_prefixes: Sequence[tuple[torch.Tensor, int]] = (),
 ) -> torch.Tensor:
     """Attention for one new token per sequence: q [B, H, D] -> [B, H, D].
 
-    Row b's query sits at position context_lens[b] - 1 (its K/V already written).
-
-    shared_prefixes (optional, the cascade path): a list of (rows, num_blocks) meaning that rows
-    `rows` (int64 indices into the batch) have identical first `num_blocks` entries in their
-    block tables - the samples forked from one prompt. Those blocks are gathered once and all the
-    group's queries attend to them in one matmul; each row's own tail is attended separately and
-    the two parts are merged by log-sum-exp. The result equals the plain path up to rounding.
+    Row b's query sits at position context_lens[b] - 1 (its K/V already written). Batches whose
+    rows share prefix blocks have kernels.shared_prefix.shared_prefix_decode_attention, which
+    gives the same result reading each shared prefix once.
     """
     if softcap is None and sliding_window is None:
         block_size = k_cache.shape[1]
         lens = context_lens.tolist()
         tables = [row[: _cdiv(n, block_size)] for row, n in zip(block_tables.tolist(), lens)]
-        plan = plan_decode(lens, tables, [(r.tolist(), nb) for r, nb in shared_prefixes], block_size, q.device)
+        plan = plan_decode(lens, tables, [], block_size, q.device)
         return planned_decode_attention(q, k_cache, v_cache, plan, scale)
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     assert group * num_kv_heads == num_heads, "query heads must be a multiple of KV heads"
-    block_size = k_cache.shape[1]
     first_blocks = torch.zeros(batch, dtype=torch.long, device=q.device)
-    prefix_parts = []
-    for rows, num_blocks in shared_prefixes:
-        if num_blocks <= 0 or rows.numel() == 0:
-            continue
-        if sliding_window is not None and int(context_lens[rows].min()) - sliding_window >= num_blocks * block_size:
-            continue  # the whole prefix is out of every row's window
-        first_blocks[rows] = num_blocks
-        n = rows.numel()
-        ids = block_tables[rows[0], :num_blocks].clamp(min=0)
-        keys = k_cache[ids].flatten(0, 1).transpose(0, 1)  # [kvH, P, D]
-        values = v_cache[ids].flatten(0, 1).transpose(0, 1)
-        qg = q[rows].view(n, num_kv_heads, group, head_dim).permute(1, 0, 2, 3).reshape(num_kv_heads, n * group, head_dim)
-        mask = None
-        if sliding_window is not None:
-            k_pos = torch.arange(num_blocks * block_size, device=q.device)
-            q_pos = (context_lens[rows] - 1).repeat_interleave(group)
-            mask = (k_pos[None, :] > (q_pos - sliding_window)[:, None]).unsqueeze(0)
-        o, lse = attend(qg, keys, values, mask, scale, softcap)  # [kvH, n*G, D], [kvH, n*G]
-        o = o.view(num_kv_heads, n, group, head_dim).permute(1, 0, 2, 3)
-        lse = lse.view(num_kv_heads, n, group).permute(1, 0, 2)
-        prefix_parts.append((rows, o, lse))
-    out, lse = _decode_tail(q, k_cache, v_cache, context_lens, block_tables, first_blocks, scale, sliding_window, softcap)
-    for rows, o_prefix, lse_prefix in prefix_parts:
-        out[rows] = merge_attention(o_prefix, lse_prefix, out[rows], lse[rows])
+    out, _ = decode_tail(q, k_cache, v_cache, context_lens, block_tables, first_blocks, scale, sliding_window, softcap)
     return out.reshape(batch, num_heads, head_dim).to(q.dtype)
 
 
@@ -316,8 +286,9 @@ def plan_decode(
     device: torch.device | str = "cpu",
 ) -> DecodePlan:
     """Host-side bookkeeping for `planned_decode_attention`, done once per step: row b has
-    context_lens[b] tokens in blocks block_tables[b]; shared_prefixes as in paged_decode_attention
-    (rows, num_blocks). A group's prefix is cut so that every row keeps at least one key of its own."""
+    context_lens[b] tokens in blocks block_tables[b]; shared_prefixes as in
+    kernels.shared_prefix.shared_prefix_decode_attention (rows, num_blocks). A group's prefix is
+    cut so that every row keeps at least one key of its own."""
     groups, grouped = [], set()
     for rows, num_blocks in shared_prefixes:
         rows = [r for r in rows if r not in grouped]

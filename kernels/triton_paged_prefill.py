@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_paged_decode import dot_in_fp32, interpreting, online_softmax_step, paged_tile_scores
+from kernels.triton_common import dot_in_fp32, interpreting, online_softmax_step, paged_tile_scores
 
 
 @triton.jit

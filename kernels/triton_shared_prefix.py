@@ -38,19 +38,18 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_paged_decode import (
-    _MIN_SPLIT_TOKENS,
+from kernels.triton_common import (
+    MIN_SPLIT_TOKENS,
     block_n_for,
     dot_in_fp32,
     interpreting,
-    launch_decode,
-    merge,
     online_softmax_step,
     paged_tile_scores,
     reduce_max,
     reduce_min,
     target_programs,
 )
+from kernels.triton_paged_decode import launch_decode, merge, paged_decode_attention
 
 
 @triton.jit
@@ -207,8 +206,6 @@ def shared_prefix_decode_attention(
     """Decode attention q [B, H, D] -> [B, H, D] with each group's shared prefix attended once per
     group (see the module docstring for the exact contract). num_splits / num_prefix_splits
     override the split heuristics for the tails / the prefix (tests, benchmarks)."""
-    from kernels.triton_paged_decode import paged_decode_attention
-
     batch, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
@@ -221,7 +218,7 @@ def shared_prefix_decode_attention(
     num_tiles = plan.tile_group.numel()
     if num_prefix_splits is None:
         want = triton.cdiv(target_programs(q.device), num_tiles * num_kv_heads)
-        num_prefix_splits = min(want, triton.cdiv(plan.max_blocks * block_size, _MIN_SPLIT_TOKENS))
+        num_prefix_splits = min(want, triton.cdiv(plan.max_blocks * block_size, MIN_SPLIT_TOKENS))
     num_prefix_splits = max(1, min(num_prefix_splits, plan.max_blocks))
 
     out = torch.empty_like(q, memory_format=torch.contiguous_format)

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from harness import bench
+from harness.bench import sc as bench
+from harness.cli import bench as bench_cli
 from harness.cli import build_parser
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -60,9 +61,9 @@ def test_bench_sc_smoke(tiny_model_dir, gsm8k_dir, tmp_path):
 def test_bench_cli_registered():
     parser = build_parser()
     args = parser.parse_args(["bench", "sc", "--n", "1", "4", "--skip", "hf-cb:4", "-M", "8"])
-    assert args.func is bench.cmd_sc and args.n == [1, 4] and args.max_tokens == 8
+    assert args.func is bench_cli.cmd_sc and args.n == [1, 4] and args.max_tokens == 8
     args = parser.parse_args(["bench", "kernels", "--anything", "x"])
-    assert args.func is bench.cmd_kernels and args.kernel_args == ["--anything", "x"]
+    assert args.func is bench_cli.cmd_kernels and args.kernel_args == ["--anything", "x"]
 
 
 def test_bench_hf_continuous_batching_runs(tiny_model_dir, gsm8k_dir):

@@ -28,7 +28,7 @@ def make_run(path: Path, correct, *, spec_hash: str = "spec-aaaa", model: str = 
     """A finished run directory for per-sample correctness `correct` (problems × n, of the first
     filter). `invalid` marks samples where the first filter extracts nothing (the others still
     extract the same answer). Gold of problem i is str(10 + i); a wrong answer is gold + 1 + j % 3."""
-    from harness.runner import build_results
+    from harness.runs.runner import build_results
 
     correct = np.asarray(correct, dtype=bool)
     P, n = correct.shape
@@ -107,7 +107,8 @@ def two_runs(tmp_path):
 
 
 def test_compare_tables(two_runs, tmp_path):
-    from harness import compare, stats
+    from harness.analysis import compare
+    from harness.scoring import stats
 
     a, b, base = two_runs
     cmp = compare.compare_runs([a, b], seed=3, n_boot=2000)
@@ -159,7 +160,7 @@ def test_compare_cli_writes_markdown_and_csv(two_runs, tmp_path, capsys):
 
 
 def test_compare_same_seed_is_deterministic(two_runs):
-    from harness import compare
+    from harness.analysis import compare
 
     a, b, _ = two_runs
     c1 = compare.compare_runs([a, b], seed=7, n_boot=500)
@@ -203,7 +204,7 @@ def test_compare_unusable_input(tmp_path, capsys):
 
 
 def test_compare_partial_overlap_and_metric_selection(tmp_path):
-    from harness import compare
+    from harness.analysis import compare
 
     rng = np.random.default_rng(5)
     a = make_run(tmp_path / "a", rng.random((10, 8)) < 0.5, doc_ids=range(10))
@@ -215,7 +216,7 @@ def test_compare_partial_overlap_and_metric_selection(tmp_path):
 
 
 def test_compare_labels_same_model(tmp_path):
-    from harness import compare
+    from harness.analysis import compare
 
     c = np.ones((3, 1), dtype=bool)
     a = make_run(tmp_path / "run1", c)

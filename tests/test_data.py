@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness import HarnessError
-from harness.data import load_docs, load_fewshot_docs, load_split
+from harness.tasks.data import load_docs, load_split
 from harness.tasks import load_task
 
 ROWS = [
@@ -62,10 +62,9 @@ def test_parent_dir_and_env(gsm8k_dir, monkeypatch):
     assert via_env.docs == via_parent.docs and via_env.sha256 == via_parent.sha256
 
 
-def test_fewshot_split_helper(gsm8k_dir):
+def test_fewshot_split(gsm8k_dir):
     spec = load_task("gsm8k")
-    assert len(load_fewshot_docs(spec.dataset, gsm8k_dir)) == 7473
-    assert load_fewshot_docs({"name": "toy"}, gsm8k_dir) is None
+    assert len(load_docs(spec.dataset, spec.dataset.fewshot_split, gsm8k_dir)) == 7473
 
 
 def test_json_csv_formats(tmp_path):

@@ -13,8 +13,8 @@ import torch
 from transformers import AttentionInterface
 
 from engine import LLM, AsyncLLM, EngineConfigError, SamplingParams
+from engine.attention import ATTN_NAME, paged_attention_forward
 from engine.block_manager import cdiv
-from engine.model_runner import ATTN_NAME, paged_attention_forward
 from engine.sampler import derive_seed
 from tests import tiny
 

@@ -36,7 +36,7 @@ def by_key(completions):
 
 
 def test_info_and_options(backend, tiny_model_dir):
-    info = backend.info()
+    info = backend.info().to_dict()  # the form results.json records
     assert info["backend"] == "engine" and info["model_path"] == str(tiny_model_dir.resolve())
     assert info["engine_config"]["max_num_seqs"] == 8 and info["num_kv_blocks"] == 128
     assert backend.tokenizer is not None

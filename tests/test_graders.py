@@ -7,7 +7,7 @@ import time
 import pytest
 
 from harness import HarnessError
-from harness.graders import (
+from harness.grading import (
     Filter,
     GradeResult,
     Grader,

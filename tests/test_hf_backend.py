@@ -56,7 +56,7 @@ def _by_key(completions):
 
 
 def test_info_and_tokenizer(be, tiny_model_dir):
-    info = be.info()
+    info = be.info().to_dict()  # the form results.json records
     assert info["backend"] == "hf" and info["dtype"] == "float32" and info["device"] == "cpu"
     assert info["batch_size"] == 4 and info["revision"] and len(info["chat_template_sha256"]) == 64
     assert info["transformers_version"] and info["model_path"] == str(tiny_model_dir.resolve())
@@ -248,7 +248,7 @@ def test_smollm2_chat_stops_at_im_end(tmp_path, monkeypatch):
     from harness import models
 
     default = models.cache_root()
-    if models._read_manifest(default / "models" / "smollm2-135m-instruct") is None:
+    if models.cache.read_manifest(default / "models" / "smollm2-135m-instruct") is None:
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     b = get_backend("hf", "smollm2-135m-instruct", device="cpu", batch_size=2)
     tok = b.tokenizer
@@ -258,5 +258,5 @@ def test_smollm2_chat_stops_at_im_end(tmp_path, monkeypatch):
     assert c.error is None and c.text.strip()
     if c.finish_reason == "stop":
         assert c.stop_reason == im_end and c.token_ids[-1] == im_end and "<|im_end|>" not in c.text
-    assert im_end in b.eos_token_ids and b.info()["revision"] == b.model.preset["source"]["sha256"]
+    assert im_end in b.eos_token_ids and b.info().revision == b.model.preset["source"]["sha256"]
     b.close()

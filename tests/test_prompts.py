@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from harness import HarnessError
-from harness.data import load_docs
-from harness.prompts import BuiltPrompt, PromptBuilder, chat_template_hash
+from harness.tasks.data import load_docs
+from harness.models import chat_template_hash
+from harness.tasks.prompts import BuiltPrompt, PromptBuilder
 from harness.tasks import load_task
 
 from tests import tiny

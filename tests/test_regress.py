@@ -36,7 +36,7 @@ def _junit(path):
 
 
 def test_baseline_file_format(baseline, base_run):
-    from harness import compare
+    from harness.analysis import compare
 
     run, correct = base_run
     doc = json.loads(baseline.read_text())

@@ -70,7 +70,7 @@ def _results(run: Path) -> dict:
 
 
 def test_report_contents_and_escaping(tmp_path):
-    from harness import report_html
+    from harness.reporting import html as report_html
 
     run = _nasty_run(tmp_path / "run")
     out = report_html.write(run, _results(run))
@@ -98,8 +98,8 @@ def test_report_contents_and_escaping(tmp_path):
 
 
 def test_disagreement_counts(tmp_path):
-    from harness import report_html
-    from harness.rundir import read_samples
+    from harness.reporting import html as report_html
+    from harness.runs.rundir import read_samples
 
     run = _nasty_run(tmp_path / "run", P=30, n=5, seed=3)
     rows = read_samples(run / "samples.jsonl")
@@ -113,7 +113,7 @@ def test_disagreement_counts(tmp_path):
 
 
 def test_report_without_matplotlib(tmp_path, monkeypatch):
-    from harness import report_html
+    from harness.reporting import html as report_html
 
     run = _nasty_run(tmp_path / "run", P=5)
     for name in list(sys.modules):
@@ -142,7 +142,7 @@ def test_harness_report_cli_rebuilds(tmp_path, capsys):
 
 
 def test_report_fast_and_small_at_gsm8k_scale(gsm8k_scale_run):
-    from harness import report_html
+    from harness.reporting import html as report_html
 
     t0 = time.perf_counter()
     out = report_html.write(gsm8k_scale_run, _results(gsm8k_scale_run))
@@ -321,7 +321,7 @@ _INTERACT = """
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
 def test_report_renders_in_chromium_without_console_errors(tmp_path):
-    from harness import report_html
+    from harness.reporting import html as report_html
 
     run = _nasty_run(tmp_path / "run", P=40, n=4)
     out = report_html.write(run, _results(run))
@@ -338,7 +338,7 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path):
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)")
 def test_gsm8k_scale_report_renders_in_chromium(gsm8k_scale_run):
-    from harness import report_html
+    from harness.reporting import html as report_html
 
     out = gsm8k_scale_run / "report.html"
     if not out.exists():

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from harness import stats
+from harness.scoring import stats
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

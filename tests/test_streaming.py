@@ -60,7 +60,7 @@ class _Poller:
 
 @pytest.mark.parametrize("backend", ["engine", "hf"])
 def test_samples_and_progress_arrive_during_generation(tmp_path, tiny_model_dir, backend, monkeypatch):
-    from harness.runner import EvalOptions, evaluate
+    from harness.runs.runner import EvalOptions, evaluate
 
     monkeypatch.setenv("HARNESS_DATA_DIR", str(GSM8K_DIR))
     out = tmp_path / "run"

@@ -153,7 +153,7 @@ def test_error_in_included_file_names_that_file(tmp_path):
 
 
 def test_filter_step_details_checked_by_graders(tmp_path):
-    pytest.importorskip("harness.graders", reason="harness.graders not written yet")
+    pytest.importorskip("harness.grading", reason="harness.grading not written yet")
     path = write(tmp_path / "badstep.yaml", mutate(filters=[{"name": "a", "steps": [{"function": "no_such_step"}]}]))
     with pytest.raises(HarnessError) as ei:
         load_task(str(path))
@@ -386,7 +386,7 @@ def test_bad_overrides(kw, text):
     ("gsm8k-cot-zeroshot", "The answer is 18.", None, "18"),
 ])
 def test_shipped_filters_extract(name, text, strict, flexible):
-    graders = pytest.importorskip("harness.graders", reason="harness.graders not written yet")
+    graders = pytest.importorskip("harness.grading", reason="harness.grading not written yet")
     spec = load_task(name)
     g = graders.Grader(spec.filters, spec.comparator)
     res = g.grade(text, strict or flexible)

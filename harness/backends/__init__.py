@@ -1,7 +1,9 @@
 """Backend registry: `get_backend(name, model, **options) -> Backend`, importing lazily.
 
 Each backend module is imported only when asked for, so `harness` stays importable without the
-optional dependencies of the backends it does not use.
+optional dependencies of the backends it does not use. The model is the user's string: local
+backends resolve it (`resolve_backend_model`, which the runner calls first so that a run's identity
+is known before any weights load); a remote backend passes it to its server.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any
 from harness import HarnessError
 from harness.backends.base import Backend, Completion, GenerationRequest, SamplingParams
 
-# name -> (module, class); the class is constructed as cls(model: ResolvedModel, **options)
+# name -> (module, class); the class is constructed as cls(model: str, **options)
 _BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("harness.backends.hf", "HFBackend"),
     "engine": ("harness.backends.engine", "EngineBackend"),
 }
+_LOCAL = {"hf", "engine"}  # backends that run a model from disk: the model string is resolved here
 _RESERVED = {
     "openai": "an OpenAI-compatible API client",
     "vllm": "vLLM",
@@ -28,8 +31,20 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def resolve_backend_model(name: str, model: Any) -> Any:
+    """What `get_backend(name, ...)` should be given for the user's model string: a ResolvedModel
+    (installed and converted if needed, no weights loaded) for a local backend, the string itself
+    for a remote one."""
+    if isinstance(model, str) and (name or "").strip().lower() in _LOCAL:
+        from harness.models import resolve_model
+
+        return resolve_model(model)
+    return model
+
+
 def get_backend(name: str, model: Any, **options: Any) -> Backend:
-    """Build backend `name` for `model` (a ResolvedModel, or a string resolved by harness.models)."""
+    """Build backend `name` for `model`: the user's string (a preset, a path, a hub id; for a remote
+    backend a served model name), which a local backend resolves itself, or a ResolvedModel."""
     key = (name or "").strip().lower()
     if key in _RESERVED:
         raise HarnessError(f"backend {key!r} ({_RESERVED[key]}) is not available yet; use one of: {', '.join(available_backends())}")
@@ -45,11 +60,10 @@ def get_backend(name: str, model: Any, **options: Any) -> Backend:
     cls = getattr(module, cls_name, None)
     if cls is None:
         raise HarnessError(f"backend {key!r} is not available: {module_name} has no {cls_name}")
-    if isinstance(model, str):
-        from harness.models import resolve_model
-
-        model = resolve_model(model)
     return cls(model, **options)
 
 
-__all__ = ["Backend", "Completion", "GenerationRequest", "SamplingParams", "available_backends", "get_backend"]
+__all__ = [
+    "Backend", "Completion", "GenerationRequest", "SamplingParams", "available_backends", "get_backend",
+    "resolve_backend_model",
+]

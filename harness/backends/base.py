@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol, Sequence
 
+from harness.scoring.records import BackendInfo
+
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
@@ -65,6 +67,10 @@ class Completion:
 
 
 class Backend(Protocol):
+    """A backend is built from the model *string* the user gave (`get_backend(name, model)`): a
+    local backend resolves it (harness.models), a remote one asks its server. It then says what it
+    runs through `info()`."""
+
     name: str
 
     def generate(self, requests: Sequence[GenerationRequest]) -> Iterator[Completion]:
@@ -72,8 +78,8 @@ class Backend(Protocol):
         A request that fails yields error completions for its samples; it never stops the stream."""
         ...
 
-    def info(self) -> dict[str, Any]:
-        """What results.json records: model id/path, revision, dtype, chat-template hash, engine config."""
+    def info(self) -> BackendInfo:
+        """What results.json records: the model's id and revision, dtype, chat-template hash, config."""
         ...
 
     @property
@@ -82,11 +88,3 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def model_identity(model: Any) -> dict[str, Any]:
-    """The part of a backend's `info()` that names the weights (a resolved model: id, path,
-    source, revision), the same for every backend so that runs compare across them."""
-    return {
-        "model": model.id, "model_path": str(model.path), "model_source": model.source, "revision": model.revision,
-    }

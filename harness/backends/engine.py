@@ -19,16 +19,18 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from harness import HarnessError
-from harness.backends.base import Completion, GenerationRequest, model_identity
+from harness.backends.base import Completion, GenerationRequest
 from harness.models import (
     ResolvedModel,
     chat_template_hash,
     encode_prompt,
+    eos_token_ids,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
     resolve_model,
 )
+from harness.scoring.records import BackendInfo
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
           "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
@@ -91,11 +93,9 @@ class EngineBackend:
             self.engine = LLMEngine(self.config, tokenizer=self._tok)
         except EngineConfigError as e:
             raise HarnessError(f"engine: {e}") from None
-        for name in (self.model.preset or {}).get("eos_tokens") or []:
-            token_id = self._tok.convert_tokens_to_ids(name)
-            if isinstance(token_id, int) and token_id != self._tok.unk_token_id:
-                self.engine.eos_token_ids.add(token_id)
+        self.engine.eos_token_ids.update(eos_token_ids([], self._tok, (self.model.preset or {}).get("eos_tokens") or ()))
         self._ids = itertools.count()
+        self._eos_ids, self._num_blocks = set(self.engine.eos_token_ids), self.engine.block_manager.num_blocks
 
     @property
     def tokenizer(self) -> Any:
@@ -105,23 +105,18 @@ class EngineBackend:
     def max_model_len(self) -> int:
         return self.engine.config.max_model_len
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> BackendInfo:
         import torch
         import transformers
 
-        return {
-            "backend": self.name,
-            **model_identity(self.model),
-            "dtype": self.engine.config.dtype,
-            "device": self.engine.config.device,
-            "max_model_len": self.max_model_len,
-            "engine_config": self.engine.config.to_dict(),
-            "num_kv_blocks": self.engine.block_manager.num_blocks,
-            "eos_token_ids": sorted(self.engine.eos_token_ids),
-            "chat_template_sha256": chat_template_hash(self._tok),
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-        }
+        m, cfg = self.model, self.config if self.engine is None else self.engine.config
+        return BackendInfo(
+            backend=self.name, model=m.id, model_path=str(m.path), model_source=m.source, revision=m.revision,
+            dtype=cfg.dtype, device=cfg.device, max_model_len=cfg.max_model_len, chat_template_hash=chat_template_hash(self._tok),
+            eos_token_ids=sorted(self._eos_ids),
+            details={"engine_config": cfg.to_dict(), "num_kv_blocks": self._num_blocks,
+                     "transformers_version": transformers.__version__, "torch_version": torch.__version__},
+        )
 
     def stats(self) -> dict[str, Any]:
         return self.engine.stats.as_dict()

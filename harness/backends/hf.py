@@ -36,16 +36,18 @@ import torch
 from engine.sampler import logprobs as _logprobs
 from engine.sampler import sample as _sample
 from engine.sampler import uniforms as _uniforms
-from harness.backends.base import Completion, GenerationRequest, SamplingParams, model_identity
+from harness.backends.base import Completion, GenerationRequest, SamplingParams
 from harness.models import (
     ResolvedModel,
     chat_template_hash,
     encode_prompt,
+    eos_token_ids,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
     resolve_model,
 )
+from harness.scoring.records import BackendInfo
 
 _U64 = 1 << 64
 
@@ -213,15 +215,7 @@ class HFBackend:
         self.load_seconds = time.perf_counter() - t0
 
         gen = self._lm.generation_config
-        eos: list[int] = []
-        for src in (gen.eos_token_id, self._lm.config.get_text_config().eos_token_id, self._tok.eos_token_id):
-            for x in [src] if isinstance(src, int) else list(src or []):
-                if x is not None and int(x) not in eos:
-                    eos.append(int(x))
-        for name in (self.model.preset or {}).get("eos_tokens") or []:
-            tid = self._tok.convert_tokens_to_ids(name)
-            if isinstance(tid, int) and tid != self._tok.unk_token_id and tid not in eos:
-                eos.append(tid)
+        eos = eos_token_ids([gen, self._lm.config.get_text_config()], self._tok, (self.model.preset or {}).get("eos_tokens") or ())
         self.eos_token_ids = eos
         pad = self._tok.pad_token_id
         if pad is None:
@@ -243,21 +237,17 @@ class HFBackend:
     def tokenizer(self) -> Any:
         return self._tok
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> BackendInfo:
         import transformers
 
-        return {
-            "backend": self.name,
-            **model_identity(self.model),
-            "dtype": str(self.torch_dtype).removeprefix("torch."),
-            "device": self.device,
-            "batch_size": self.batch_size,
-            "max_model_len": self.max_model_len,
-            "eos_token_ids": list(self.eos_token_ids),
-            "chat_template_sha256": chat_template_hash(self._tok),
-            "transformers_version": transformers.__version__,
-            "torch_version": torch.__version__,
-        }
+        m = self.model
+        return BackendInfo(
+            backend=self.name, model=m.id, model_path=str(m.path), model_source=m.source, revision=m.revision,
+            dtype=str(self.torch_dtype).removeprefix("torch."), device=self.device, max_model_len=self.max_model_len,
+            chat_template_hash=chat_template_hash(self._tok), eos_token_ids=list(self.eos_token_ids),
+            details={"batch_size": self.batch_size, "transformers_version": transformers.__version__,
+                     "torch_version": torch.__version__},
+        )
 
     def close(self) -> None:
         self._lm = None  # type: ignore[assignment]

@@ -70,16 +70,6 @@ def check_template(src: str) -> str | None:
     return None
 
 
-def chat_template_hash(tokenizer: Any) -> str | None:
-    """sha256 of the tokenizer's chat template text (None when there is no template)."""
-    tpl = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    if not tpl:
-        return None
-    if not isinstance(tpl, str):
-        tpl = json.dumps(tpl, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(tpl.encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class BuiltPrompt:
     text: str

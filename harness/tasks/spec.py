@@ -68,8 +68,8 @@ import yaml
 
 from harness import PROJECT_ROOT, HarnessError
 from harness.backends.base import SamplingParams
+from harness.scoring.metrics import default_ks
 
-COMPARATORS = ("numeric", "math", "exact")
 FEWSHOT_SOURCES = ("exemplars", "split")
 FEWSHOT_SAMPLERS = ("per_doc", "fixed")
 CHAT_FEWSHOT = ("multiturn", "inline")
@@ -577,7 +577,7 @@ class _Checker:
     def template(self, src: str | None, kp: KeyPath) -> None:
         if src is None:
             return
-        from harness.prompts import check_template
+        from harness.tasks.prompts import check_template
 
         err = check_template(src)
         if err:
@@ -751,30 +751,23 @@ def _build(raw: dict, origins: dict, path: Path | None, default_origin: str) -> 
             if not isinstance(st.get("function"), str):
                 c.fail(sk + ("function",), f"missing or not a string (got {_show(st.get('function'))})")
         filters.append({"name": fname, "steps": copy.deepcopy(steps)})
-    graders = _graders()
-    if graders is not None and hasattr(graders, "build_filters"):
-        try:
-            graders.build_filters(copy.deepcopy(filters))
-        except (HarnessError, ValueError, TypeError, KeyError, re.error) as e:
-            msg = str(e)
-            m = re.match(r"filters\[(\d+)\]", msg)
-            where = c.where(kp + ((int(m.group(1)),) if m else ()))
-            raise HarnessError(_one_line(f"{where}: {msg if msg.startswith('filters') else 'filters: ' + msg}")) from None
+    from harness import grading
+
+    try:
+        grading.build_filters(copy.deepcopy(filters))
+    except HarnessError as e:
+        msg = str(e)
+        m = re.match(r"filters\[(\d+)\]", msg)
+        where = c.where(kp + ((int(m.group(1)),) if m else ()))
+        raise HarnessError(_one_line(f"{where}: {msg if msg.startswith('filters') else 'filters: ' + msg}")) from None
 
     # scoring
     kp = ("scoring",)
     sc = c.mapping(top.get("scoring"), kp, _SCORING_KEYS)
     comparator = c.string(sc, kp, "comparator", default="numeric")
-    known = COMPARATORS
-    if graders is not None and hasattr(graders, "make_comparator"):
-        try:
-            graders.make_comparator(comparator)
-        except (HarnessError, ValueError, KeyError, TypeError) as e:
-            known = tuple(getattr(graders, "_COMPARATORS", None) or COMPARATORS)
-            msg = _one_line(str(e)).removeprefix("scoring.comparator:").strip()
-            c.fail(kp + ("comparator",), f"{msg}{_suggest(comparator, known)}")
-    elif comparator not in known:
-        c.fail(kp + ("comparator",), f"expected one of {', '.join(known)}, got {comparator!r}{_suggest(comparator, known)}")
+    if comparator not in grading.COMPARATORS:
+        known = list(grading.COMPARATORS)
+        c.fail(kp + ("comparator",), f"unknown comparator {comparator!r} (choose from {', '.join(known)}){_suggest(comparator, known)}")
     primary = c.string(sc, kp, "primary_filter", default=filters[0]["name"])
     if primary not in names:
         c.fail(kp + ("primary_filter",), f"no filter named {primary!r}{_suggest(primary, list(names))}; filters: {', '.join(names)}")
@@ -784,7 +777,7 @@ def _build(raw: dict, origins: dict, path: Path | None, default_origin: str) -> 
     mt = c.mapping(top.get("metrics"), kp, _METRICS_KEYS)
     ks_raw = mt.get("ks")
     if ks_raw is None:
-        ks = default_ks(sampling.n)
+        ks = tuple(default_ks(sampling.n, include_n=False))
     else:
         if not isinstance(ks_raw, list) or not ks_raw:
             c.fail(kp + ("ks",), f"expected a non-empty list of positive integers, got {_show(ks_raw)}")
@@ -809,26 +802,6 @@ def _build(raw: dict, origins: dict, path: Path | None, default_origin: str) -> 
         _raw=copy.deepcopy(raw),
         _origins=dict(origins),
     )
-
-
-def default_ks(n: int) -> tuple[int, ...]:
-    """Powers of two up to n (1, 2, 4, …)."""
-    ks, k = [], 1
-    while k <= n:
-        ks.append(k)
-        k *= 2
-    return tuple(ks)
-
-
-def _graders() -> Any:
-    """harness.graders when it exists; a missing module only skips the step-level checks."""
-    try:
-        from harness import graders
-    except ModuleNotFoundError as e:
-        if e.name in ("harness.graders",):
-            return None
-        raise
-    return graders
 
 
 # --------------------------------------------------------------------------------------------

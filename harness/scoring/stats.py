@@ -30,7 +30,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from harness.rundir import doc_sort_key
+from harness.scoring.records import doc_sort_key
 
 DEFAULT_N_BOOT = 10_000
 _CHUNK = 512  # bootstrap replicates drawn per call (bounded memory; same stream as one big draw)

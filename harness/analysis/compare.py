@@ -14,208 +14,32 @@ Sections (printed with rich; ``--markdown FILE`` and ``--csv FILE`` write the sa
    pooled lengths of all runs), per run.
 
 Runs must share the task spec hash; otherwise compare refuses (one line) unless ``--force``.
-The run-loading helpers here (``load_run``, ``problem_scores``) are also used by regress and the
-HTML report.
+Runs are loaded by harness.analysis.runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from harness import HarnessError
-from harness.rundir import SAMPLES, group_by_doc, load_results, read_samples
-from harness.runner import doc_samples
-
-# ----------------------------------------------------------------------------------------------
-# Loading runs
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    path: Path
-    results: dict
-    rows: list[dict]
-    docs: dict[str, dict] = field(default_factory=dict)  # doc_id -> docs.jsonl row (may be empty)
-    label: str = ""
-    _scores: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict, repr=False)
-    _meta: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def spec_hash(self) -> str:
-        return str(self.results.get("spec_hash") or "")
-
-    @property
-    def task(self) -> str:
-        return str(self.results.get("task") or "?")
-
-    @property
-    def model_id(self) -> str:
-        m = self.results.get("model")
-        return str(m.get("id") if isinstance(m, dict) else m or "?")
-
-    @property
-    def filters(self) -> list[str]:
-        return list(self.results.get("metrics", {}))
-
-    @property
-    def n(self) -> int:
-        n = (self.results.get("sampling") or {}).get("n")
-        if n:
-            return int(n)
-        by_doc = group_by_doc(self.rows)
-        return max((len(v) for v in by_doc.values()), default=0)
-
-    @property
-    def primary_filter(self) -> str | None:
-        p = self.results.get("primary_filter")
-        if p in self.filters:
-            return p
-        return self.filters[0] if self.filters else None
-
-    @property
-    def comparator(self) -> str | None:
-        """The task's comparator (from the run's resolved spec.yaml), or None when unknown."""
-        spec = self.spec or {}
-        return (spec.get("scoring") or {}).get("comparator")
-
-    @property
-    def spec(self) -> dict | None:
-        """The run's resolved spec.yaml as a dict, or None when absent or unreadable."""
-        if "spec" not in self._meta:
-            spec = None
-            sp = self.path / "spec.yaml"
-            if sp.exists():
-                try:
-                    import yaml
-
-                    spec = yaml.safe_load(sp.read_text(encoding="utf-8"))
-                except Exception:
-                    spec = None
-            self._meta["spec"] = spec if isinstance(spec, dict) else None
-        return self._meta["spec"]
-
-    @property
-    def ks(self) -> list[int] | None:
-        ks = self.results.get("ks")
-        return [int(k) for k in ks] if ks else None
-
-
-def load_run(path: str | Path) -> Run:
-    """A finished run directory (or its results.json): results, samples and docs."""
-    p, results = load_results(path)
-    rows = read_samples(p / SAMPLES)
-    if not rows:
-        raise HarnessError(f"{p}: no samples in {SAMPLES}")
-    docs: dict[str, dict] = {}
-    dp = p / "docs.jsonl"
-    if dp.exists():
-        for line in dp.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                docs[str(r.get("doc_id"))] = r
-    return Run(path=p, results=results, rows=rows, docs=docs)
-
-
-def problem_scores(run: Run, filt: str) -> dict[str, dict[str, float]]:
-    """metric -> {doc_id: score} for one filter (harness.metrics.per_problem_scores), cached."""
-    from harness import metrics
-
-    if filt not in run._scores:
-        if filt not in run.filters:
-            raise HarnessError(f"{run.path}: unknown filter {filt!r}; this run has: {', '.join(run.filters) or 'none'}")
-        try:
-            run._scores[filt] = metrics.per_problem_scores(doc_samples(run.rows, filt, run.comparator), run.ks)
-        except AssertionError as e:
-            raise HarnessError(f"{run.path}: {e}")
-    return run._scores[filt]
-
-
-NON_SCORE_METRICS = ("invalid_rate", "truncation_rate", "mean_gen_tokens", "median_gen_tokens", "n_problems", "n_samples")
-
-
-def canonical_metric(name: str, n: int) -> str:
-    """mean@<n> → mean@n (so runs with different n line up); every other name unchanged."""
-    return "mean@n" if name == f"mean@{n}" else name
-
-
-def resolve_metric(name: str, available: Iterable[str], n: int, where: str = "") -> str:
-    """A user's metric name (acc, mean@n, maj@8, pass@n, ...) → the key in this run's scores."""
-    avail = list(available)
-    cand = name.strip()
-    if cand in ("mean@n", "mean"):
-        cand = f"mean@{n}"
-    elif cand.endswith("@n"):
-        cand = f"{cand[:-2]}@{n}"
-    if cand in avail:
-        return cand
-    shown = ", ".join(canonical_metric(m, n) for m in avail if m not in NON_SCORE_METRICS)
-    raise HarnessError(f"unknown metric {name!r}{' for ' + where if where else ''}; available: {shown}")
-
-
-def spec_difference(a: Run, b: Run) -> str:
-    """Where two runs' resolved specs differ, e.g. "sampling.seed: 1234 vs 5"; "" when unknown."""
-    sa, sb = a.spec, b.spec
-    if sa is None or sb is None:
-        return ""
-    diffs: list[str] = []
-
-    def walk(x: Any, y: Any, path: str) -> None:
-        if isinstance(x, dict) and isinstance(y, dict):
-            for k in list(dict.fromkeys([*x, *y])):
-                walk(x.get(k), y.get(k), f"{path}.{k}" if path else str(k))
-        elif x != y:
-            show = lambda v: (repr(v)[:30] + "…") if len(repr(v)) > 31 else repr(v)  # noqa: E731
-            diffs.append(f"{path}: {show(x)} vs {show(y)}")
-
-    walk(sa, sb, "")
-    if not diffs:
-        return ""
-    return "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
-
-
-def check_same_task(runs: Sequence[Run], force: bool, verb: str = "compare") -> list[str]:
-    """Refuse (HarnessError) when the runs' task spec hashes differ, unless forced. Returns warnings."""
-    hashes = {r.spec_hash for r in runs}
-    if len(hashes) <= 1:
-        return []
-    a = runs[0]
-    b = next(r for r in runs if r.spec_hash != a.spec_hash)
-    where = spec_difference(a, b)
-    msg = (f"runs have different task specs: {a.path} ({a.task}, spec {a.spec_hash[:12] or '?'}) vs "
-           f"{b.path} ({b.task}, spec {b.spec_hash[:12] or '?'})" + (f" [{where}]" if where else ""))
-    if not force:
-        raise HarnessError(f"{msg}; pass --force to {verb} them anyway")
-    return [f"warning: {msg}; comparing anyway (--force)"]
-
-
-def label_runs(runs: Sequence[Run]) -> None:
-    """Short unique column labels: the model id, else model@dir, else #i."""
-    models = [r.model_id for r in runs]
-    labels = models if len(set(models)) == len(models) else [f"{r.model_id}@{r.path.name}" for r in runs]
-    if len(set(labels)) != len(labels):
-        labels = [f"#{i + 1} {lab}" for i, lab in enumerate(labels)]
-    for r, lab in zip(runs, labels):
-        r.label = lab
-
+from harness.analysis.runs import (
+    NON_SCORE_METRICS,
+    Run,
+    canonical_metric,
+    check_same_task,
+    label_runs,
+    load_run,
+    problem_scores,
+    resolve_metric,
+)
+from harness.reporting.tables import fmt, metric_order
 
 # ----------------------------------------------------------------------------------------------
 # Analysis (pandas frames, long form)
 # ----------------------------------------------------------------------------------------------
-
-
-def _metric_sort_key(name: str) -> tuple:
-    from harness.report import _metric_order
-
-    return _metric_order(name)
 
 
 def metrics_frame(runs: Sequence[Run], filters: Sequence[str] | None = None, metrics: Sequence[str] | None = None):
@@ -253,7 +77,7 @@ def paired_frame(runs: Sequence[Run], filters: Sequence[str] | None, metrics: Se
     """One row per (pair of runs, filter, metric): difference (later − earlier) on shared problems."""
     import pandas as pd
 
-    from harness import stats
+    from harness.scoring import stats
 
     metrics = list(metrics) if metrics else default_paired_metrics(runs)
     recs = []
@@ -318,7 +142,7 @@ def length_frame(runs: Sequence[Run], filt: str, n_buckets: int = 5):
     """Accuracy (all samples, filter `filt`) by generated-length bucket; edges shared by all runs."""
     import pandas as pd
 
-    from harness import stats
+    from harness.scoring import stats
 
     pooled = [int(x.get("generated_tokens") or 0) for r in runs for x in r.rows]
     edges = stats.length_bucket_edges(pooled, n_buckets)
@@ -399,14 +223,6 @@ def compare_runs(paths: Sequence[str | Path], *, force: bool = False, metrics: S
 # ----------------------------------------------------------------------------------------------
 
 
-def _num(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and v != v):  # None or NaN
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
-
 def _signed(v: Any, digits: int = 4) -> str:
     return "–" if v is None or v != v else f"{v:+.{digits}f}"
 
@@ -432,12 +248,12 @@ def metrics_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         return head, []
     keys = list(dict.fromkeys(zip(df["filter"], df["metric"])))
     filt_order = list(dict.fromkeys(df["filter"]))
-    keys.sort(key=lambda fm: (filt_order.index(fm[0]), _metric_sort_key(fm[1])))
+    keys.sort(key=lambda fm: (filt_order.index(fm[0]), metric_order(fm[1])))
     cell = {}
     for rec in df.itertuples(index=False):
-        s = _num(rec.value)
+        s = fmt(rec.value)
         if rec.ci_low is not None and rec.ci_low == rec.ci_low:
-            s += f" [{_num(rec.ci_low)}, {_num(rec.ci_high)}]"
+            s += f" [{fmt(rec.ci_low)}, {fmt(rec.ci_high)}]"
         cell[(rec.filter, rec.metric, rec.run)] = s
     rows = [[f, m] + [cell.get((f, m, lab), "–") for lab in labels] for f, m in keys]
     return head, rows
@@ -457,7 +273,7 @@ def paired_tables(cmp: Comparison) -> list[tuple[str, str, tuple[list[str], list
                     continue
                 split = (f"{int(rec['a_only'])}/{int(rec['b_only'])}"
                          if rec.get("a_only") is not None and rec.get("a_only") == rec.get("a_only") else "–")
-                rows.append([rec["filter"], rec["metric"], str(rec["n_shared"]), _num(rec["a"]), _num(rec["b"]),
+                rows.append([rec["filter"], rec["metric"], str(rec["n_shared"]), fmt(rec["a"]), fmt(rec["b"]),
                              f"{_signed(rec['diff'])} [{_signed(rec['ci_low'])}, {_signed(rec['ci_high'])}]",
                              rec["test"], _p(rec["p_value"]), split])
         out.append((a.label, b.label, (head, rows)))
@@ -475,8 +291,8 @@ def generation_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
         if col == "run":
             continue
         vals = list(df[col])
-        fmt = (lambda v: _num(v, 1)) if "tokens" in col else ((lambda v: str(int(v))) if col in ("problems", "samples") else _num)
-        rows.append([col] + [fmt(v) if v is not None and v == v else "–" for v in vals])
+        cell = (lambda v: fmt(v, 1)) if "tokens" in col else ((lambda v: str(int(v))) if col in ("problems", "samples") else fmt)
+        rows.append([col] + [cell(v) if v is not None and v == v else "–" for v in vals])
     return head, rows
 
 
@@ -487,7 +303,7 @@ def length_table(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     if df is None or df.empty:
         return head, []
     buckets = list(dict.fromkeys(df["bucket"]))
-    cell = {(rec.bucket, rec.run): (f"{_num(rec.acc, 3)} (n={rec.n})" if rec.n else "– (n=0)") for rec in df.itertuples(index=False)}
+    cell = {(rec.bucket, rec.run): (f"{fmt(rec.acc, 3)} (n={rec.n})" if rec.n else "– (n=0)") for rec in df.itertuples(index=False)}
     return head, [[b] + [cell.get((b, lab), "–") for lab in labels] for b in buckets]
 
 
@@ -563,52 +379,3 @@ def print_rich(cmp: Comparison, console: Any = None) -> None:
         if note:
             console.print(Text(note, style="dim"))
         console.print()
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="compare runs side by side, with paired differences",
-                       description="Compare finished runs of the same task: every metric with its CI, paired "
-                                   "differences on shared problems (bootstrap CI, McNemar / sign-flip test), "
-                                   "generation lengths and rates, accuracy by CoT length.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the first is the reference A)")
-    p.add_argument("--force", action="store_true", help="compare runs whose task spec hashes differ")
-    p.add_argument("--metric", action="append", default=None,
-                   help="restrict to this metric (repeatable): acc, mean@n, maj@K, pass@K, ...")
-    p.add_argument("--filter", action="append", default=None, help="restrict to this filter (repeatable)")
-    p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown")
-    p.add_argument("--csv", type=Path, metavar="FILE", help="also write the tables as one long CSV")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples (default 10000)")
-    p.set_defaults(func=cmd_compare)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    if args.n_boot < 1:
-        raise HarnessError(f"--n-boot must be positive, got {args.n_boot}")
-    try:
-        import pandas  # noqa: F401  (the `report` extra)
-    except ImportError:
-        raise HarnessError("harness compare needs pandas: pip install 'reasoning-harness[report]'") from None
-    cmp = compare_runs(args.runs, force=args.force, metrics=args.metric, filters=args.filter, seed=args.seed,
-                       n_boot=args.n_boot)
-    print_rich(cmp)
-    if args.markdown:
-        _write(args.markdown, to_markdown(cmp))
-        print(f"Markdown: {args.markdown}")
-    if args.csv:
-        _write(args.csv, to_csv_frame(cmp).to_csv(index=False))
-        print(f"CSV: {args.csv}")
-    return 0
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise HarnessError(f"cannot write {path}: {e.strerror or e}")

@@ -38,13 +38,15 @@ class DocSamples:
             assert value is None or len(value) == n, f"doc {self.doc_id!r}: {len(value)} {name} for {n} keys"
 
 
-def default_ks(n: int) -> list[int]:
-    """[1, 2, 4, ..., n]: the powers of two up to n, and n itself."""
+def default_ks(n: int, include_n: bool = True) -> list[int]:
+    """The ks reported when none are given: the powers of two up to n, and n itself (maj@n is
+    self-consistency's headline) unless `include_n` is false (a task spec's default `metrics.ks`,
+    which its schema documents as powers of two)."""
     ks, k = [], 1
     while k <= n:
         ks.append(k)
         k *= 2
-    if n >= 1 and ks[-1] != n:
+    if include_n and n >= 1 and ks[-1] != n:
         ks.append(n)
     return ks
 
@@ -236,3 +238,29 @@ def compute_metrics(docs: Sequence[DocSamples], ks: Sequence[int] | None = None)
     if "mean_gen_tokens" in scores:
         result["median_gen_tokens"] = float(np.median([t for d in docs for t in d.gen_tokens]))  # type: ignore[union-attr]
     return result
+
+
+def doc_samples(rows: Sequence[dict], filt: str, comparator: str | None = None) -> list[DocSamples]:
+    """DocSamples per problem (sorted by doc id) for one filter, from sample rows (samples.jsonl
+    lines). With the math comparator, equivalent answers with different canonical keys are merged
+    per problem before voting (harness.grading.cluster_keys)."""
+    from harness.grading import cluster_keys
+    from harness.scoring.records import doc_sort_key, group_by_doc
+
+    def keys(v: list[dict]) -> list[str | None]:
+        ks = [(r.get("keys") or {}).get(filt) for r in v]
+        if comparator == "math":
+            merged = cluster_keys([(r.get("answers") or {}).get(filt) for r in v], "math")
+            ks = [m if k is not None else None for k, m in zip(ks, merged)]
+        return ks
+
+    return [
+        DocSamples(
+            doc_id=d,
+            keys=keys(v),
+            correct=[bool((r.get("scores") or {}).get(filt, 0.0)) for r in v],
+            finish_reasons=[r.get("finish_reason") or "" for r in v],
+            gen_tokens=[int(r.get("generated_tokens") or 0) for r in v],
+        )
+        for d, v in sorted(group_by_doc(rows).items(), key=lambda kv: doc_sort_key(kv[0]))
+    ]

@@ -38,14 +38,12 @@ n), and `<name>.png` (throughput vs n, when several n are run).
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 import traceback
@@ -58,105 +56,6 @@ SCHEMA = "reasoning-harness/bench-sc/1"
 SYSTEMS = ("engine", "hf", "hf-cb")
 DEFAULT_OUT = Path("reports/bench")
 GEMM_SIZE = 2048
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks: the SC-8shot workload, attention kernels",
-                       description="Side-by-side benchmarks on this machine.")
-    bsub = p.add_subparsers(dest="bench_cmd", required=True)
-
-    sc = bsub.add_parser("sc", help="self-consistency GSM8K 8-shot: engine vs HF generate vs HF continuous batching",
-                         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    sc.add_argument("--model", default="smollm2-135m-instruct", help="preset name or model directory")
-    sc.add_argument("--problems", "-P", type=int, default=4, help="GSM8K test problems (default 4)")
-    sc.add_argument("--n", type=int, nargs="+", default=[16], help="samples per problem; several values = a sweep")
-    sc.add_argument("--max-tokens", "-M", type=int, default=128, help="new tokens per sample, EOS ignored (default 128)")
-    sc.add_argument("--reps", type=int, default=3, help="measured repetitions per system (default 3)")
-    sc.add_argument("--reps-for", action="append", default=[], metavar="SYSTEM[@N]:K",
-                    help="fewer repetitions for a system, or for it at one n (repeatable): hf-cb:1, hf@64:1")
-    sc.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    sc.add_argument("--skip", action="append", default=[], metavar="SYSTEM:N",
-                    help="do not run SYSTEM at this n (repeatable), e.g. hf-cb:64 when it would take hours")
-    sc.add_argument("--temperature", type=float, default=0.7)
-    sc.add_argument("--top-p", type=float, default=0.95)
-    sc.add_argument("--seed", type=int, default=1234)
-    sc.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    sc.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    sc.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16")
-    sc.add_argument("--prefix-caching", action="store_true", help="engine: share the exemplar prefix across problems")
-    sc.add_argument("--max-num-batched-tokens", type=int, default=None,
-                    help="per-step token budget of engine and hf-cb (default: the engine's, 2048 on CPU)")
-    sc.add_argument("--hf-batch-rows", type=int, default=64, help="hf: most rows per generate call (default 64)")
-    sc.add_argument("--cb-page-size", type=int, default=64, help="hf-cb: tokens per KV page (default 64)")
-    sc.add_argument("--task", default="gsm8k-cot", help="task whose prompt builder renders the problems")
-    sc.add_argument("--data-dir", type=Path, default=None)
-    sc.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    sc.add_argument("--name", default=None, help="output file stem (default sc-<model>)")
-    sc.add_argument("--quiet", action="store_true")
-    sc.set_defaults(func=cmd_sc)
-
-    # harness.bench_kernels (Triton, imported only when this command runs) parses its own options: this
-    # parser takes every argument verbatim (no prefix characters, so "--x" is not an option here)
-    kp = bsub.add_parser("kernels", help="attention kernel micro-benchmark (harness.bench_kernels)", add_help=False,
-                         prefix_chars="\x01", description="Delegates to harness.bench_kernels.")
-    kp.add_argument("kernel_args", nargs="*")
-    kp.set_defaults(func=cmd_kernels)
-
-
-def cmd_kernels(args: argparse.Namespace) -> int:
-    try:
-        import harness.bench_kernels as bk
-    except ImportError as e:
-        if getattr(e, "name", None) not in ("harness.bench_kernels", None):
-            raise
-        raise HarnessError("`harness bench kernels` needs harness/bench_kernels.py, which is not in this checkout") from None
-    parser = argparse.ArgumentParser(prog="harness bench kernels", description=(bk.__doc__ or "").strip() or None)
-    bk.add_arguments(parser)
-    return int(bk.main(parser.parse_args(args.kernel_args)) or 0)
-
-
-def cmd_sc(args: argparse.Namespace) -> int:
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    bad = [s for s in systems if s not in SYSTEMS]
-    if bad or not systems:
-        raise HarnessError(f"--systems: unknown {bad or 'empty'}; choose from {', '.join(SYSTEMS)}")
-    skip = set()
-    for item in args.skip:
-        name, _, n = item.partition(":")
-        if name not in SYSTEMS or not n.isdigit():
-            raise HarnessError(f"--skip wants SYSTEM:N with SYSTEM in {', '.join(SYSTEMS)}, got {item!r}")
-        skip.add((name, int(n)))
-    reps_for = {}
-    for item in args.reps_for:
-        target, _, k = item.rpartition(":")
-        name, _, n = target.partition("@")
-        if name not in SYSTEMS or not k.isdigit() or int(k) < 1 or (n and not n.isdigit()):
-            raise HarnessError(f"--reps-for wants SYSTEM[@N]:K with SYSTEM in {', '.join(SYSTEMS)}, K >= 1, got {item!r}")
-        reps_for[target] = int(k)
-    for flag in ("problems", "reps", "max_tokens", "hf_batch_rows", "cb_page_size"):
-        if getattr(args, flag) < 1:
-            raise HarnessError(f"--{flag.replace('_', '-')} must be positive")
-    if any(n < 1 for n in args.n):
-        raise HarnessError("--n values must be positive")
-    log = (lambda *_: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    result = run_sc(
-        model=args.model, problems=args.problems, ns=args.n, max_tokens=args.max_tokens, reps=args.reps,
-        reps_for=reps_for, systems=systems, skip=skip, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        threads=args.threads, device=args.device, dtype=args.dtype, prefix_caching=args.prefix_caching,
-        max_num_batched_tokens=args.max_num_batched_tokens, hf_batch_rows=args.hf_batch_rows,
-        cb_page_size=args.cb_page_size, task=args.task, data_dir=args.data_dir, log=log,
-    )
-    result["command"] = "harness bench sc " + " ".join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "sc"] else None
-    name = args.name or f"sc-{_slug(result['workload']['model'])}"
-    paths = write_outputs(result, args.out, name)
-    print(markdown(result))
-    for p in paths:
-        print(f"wrote {p}")
-    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +88,8 @@ def run_sc(
 ) -> dict[str, Any]:
     import torch
 
-    from harness import data, prompts, tasks
+    from harness import tasks
+    from harness.tasks import data, prompts
     from harness.models import encode_prompt, load_tokenizer, resolve_device, resolve_model
 
     from engine.cpu_tuning import keep_freed_memory
@@ -817,7 +717,7 @@ def _quantile(sorted_vals: list[float], q: float) -> float | None:
     return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
 
 
-def _slug(s: str) -> str:
+def slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "-" for c in s).strip("-")
 
 

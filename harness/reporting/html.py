@@ -14,16 +14,16 @@ the other outcome), each cut at a few thousand characters with a note.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.rundir import SAMPLES, doc_sort_key, load_results, group_by_doc, read_samples, write_text_atomic
+from harness.files import write_text_atomic
+from harness.reporting.tables import COUNT_KEYS, fmt, fmt_ci, metric_rows
+from harness.scoring.records import SAMPLES_FILE, doc_sort_key, group_by_doc, read_samples
 
 REPORT_HTML = "report.html"
 TEMPLATE = "report.html.j2"
@@ -75,26 +75,9 @@ def _question(doc_row: dict | None) -> str:
     return json.dumps(doc, ensure_ascii=False)[:MAX_QUESTION_CHARS] if doc else ""
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.{digits}f}" if abs(v) < 100 else f"{v:.1f}"
-    return str(v)
-
-
 def metrics_rows(results: dict) -> list[dict]:
-    from harness.report import metric_rows
-
-    out = []
-    for filt, name, value, se, ci in metric_rows(results):
-        if name in ("n_problems", "n_samples"):
-            continue
-        out.append({"filter": filt, "metric": name, "value": _fmt(value), "stderr": _fmt(se) if se is not None else "",
-                    "ci": f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""})
-    return out
+    return [{"filter": filt, "metric": name, "value": fmt(value), "stderr": fmt(se) if se is not None else "",
+             "ci": fmt_ci(ci)} for filt, name, value, se, ci in metric_rows(results) if name not in COUNT_KEYS]
 
 
 def disagreement(rows: Sequence[dict], filters: Sequence[str]) -> dict:
@@ -129,7 +112,7 @@ def disagreement(rows: Sequence[dict], filters: Sequence[str]) -> dict:
 
 def _majority(keys: Sequence[str | None], ok: Sequence[bool]) -> tuple[str | None, bool, list[tuple[str, int, bool]]]:
     """(winning key, its correctness, [(key, votes, correct)] by votes) — ties to first occurrence,
-    invalid samples abstain (as in harness.metrics)."""
+    invalid samples abstain (as in harness.scoring.metrics)."""
     votes: dict[str, list] = {}
     for k, c in zip(keys, ok):
         if k is None:
@@ -283,7 +266,7 @@ def _length_hist(rows: Sequence[dict], primary: str) -> str | None:
 
 
 def _acc_vs_length(rows: Sequence[dict], filters: Sequence[str]) -> str | None:
-    from harness import stats
+    from harness.scoring import stats
 
     lens = [int(r.get("generated_tokens") or 0) for r in rows]
     edges = stats.length_bucket_edges(lens, 8)
@@ -340,13 +323,13 @@ def _env() -> Any:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = _fmt
+    env.filters["fmt"] = fmt
     return env
 
 
 def build_context(run_dir: Path, results: dict, *, rows: Sequence[dict] | None = None, plots: bool = True,
                   max_texts: int = MAX_TEXTS, max_chars: int = MAX_CHARS) -> dict:
-    rows = list(rows) if rows is not None else read_samples(run_dir / SAMPLES)
+    rows = list(rows) if rows is not None else read_samples(run_dir / SAMPLES_FILE)
     filters = list(results.get("metrics", {})) or list(dict.fromkeys(f for r in rows for f in (r.get("keys") or {})))
     primary = results.get("primary_filter") if results.get("primary_filter") in filters else (filters[0] if filters else None)
     docs = _load_docs(run_dir)
@@ -393,31 +376,9 @@ def render(context: dict) -> str:
 
 
 def write(run_dir: Path | str, results: dict, **kw: Any) -> Path:
-    """Render report.html into the run directory (called by harness.report.write_reports)."""
+    """Render report.html into the run directory (called by harness.reporting.markdown.write_reports)."""
     run_dir = Path(run_dir)
     html = render(build_context(run_dir, results, **kw))
     out = run_dir / REPORT_HTML
     write_text_atomic(out, html)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI: harness report RUN
-# ----------------------------------------------------------------------------------------------
-
-
-def register_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="rebuild report.md and report.html of a run directory")
-    p.add_argument("run", metavar="RUN", type=Path, help="run directory")
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from harness import report
-
-    run_dir, results = load_results(args.run)
-    t0 = time.perf_counter()
-    report.write_reports(run_dir, results)
-    html = run_dir / REPORT_HTML
-    print(f"Wrote {run_dir / 'report.md'} and {html} ({html.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f} s")
-    return 0

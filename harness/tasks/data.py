@@ -55,7 +55,7 @@ PACKAGE_SOURCES: dict[str, list[PackageSource]] = {
 class LoadedSplit:
     docs: list[dict]
     source: str  # where the docs came from, for results.json
-    sha256: str  # of the docs' canonical JSON, for provenance
+    sha256: str  # of the file(s) read (their bytes, in order); for the hub, of the docs' canonical JSON
 
 
 def packaged_splits(name: str) -> set[str]:
@@ -73,12 +73,6 @@ def load_docs(dataset_spec: Any, split: str, data_dir: Path | str | None = None)
     return load_split(dataset_spec, split, data_dir).docs
 
 
-def load_fewshot_docs(dataset_spec: Any, data_dir: Path | str | None = None) -> list[dict] | None:
-    """The docs of the spec's fewshot_split (None when the spec has none)."""
-    split = _get(dataset_spec, "fewshot_split")
-    return load_docs(dataset_spec, split, data_dir) if split else None
-
-
 def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None) -> LoadedSplit:
     name = _get(dataset_spec, "name")
     if not name:
@@ -88,12 +82,12 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
 
     def attempt(label: str, fn: Any) -> LoadedSplit | None:
         try:
-            rows, source = fn()
+            rows, source, sha = fn()
         except _Miss as e:
             tried.append(f"{label}: {e}")
             return None
         docs = assign_ids(rows, id_field, source)
-        return LoadedSplit(docs=docs, source=source, sha256=docs_hash(docs))
+        return LoadedSplit(docs=docs, source=source, sha256=sha or docs_hash(docs))
 
     dirs: list[tuple[str, str | None]] = [("--data-dir", str(data_dir) if data_dir else None)]
     env_dir = os.environ.get(DATA_ENV) or None
@@ -139,7 +133,7 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
 # ------------------------------------------------------------------------------------ sources
 
 
-def _from_dir(d: Path, name: str, split: str) -> tuple[list[dict], str]:
+def _from_dir(d: Path, name: str, split: str) -> tuple[list[dict], str, str]:
     if not d.is_dir():
         raise _Miss("not a folder")
     for folder in (d / name, d):
@@ -154,16 +148,18 @@ def _from_dir(d: Path, name: str, split: str) -> tuple[list[dict], str]:
     raise _Miss(f"no {split}.{{{exts}}} in {d / name} or {d}")
 
 
-def _from_paths(paths: list[Path], source: str) -> tuple[list[dict], str]:
+def _from_paths(paths: list[Path], source: str) -> tuple[list[dict], str, str]:
     rows: list[dict] = []
+    h = hashlib.sha256()
     for p in paths:
         if not p.is_file():
             raise _Miss(f"file not found: {p}")
         rows += read_rows(p)
-    return rows, source
+        h.update(_file_sha256(p).encode())
+    return rows, source, h.hexdigest() if len(paths) > 1 else _file_sha256(paths[0])
 
 
-def _from_package(pkg: PackageSource, split: str) -> tuple[list[dict], str]:
+def _from_package(pkg: PackageSource, split: str) -> tuple[list[dict], str, str]:
     try:
         importlib.import_module(pkg.module)
     except ImportError:
@@ -176,11 +172,12 @@ def _from_package(pkg: PackageSource, split: str) -> tuple[list[dict], str]:
         raise _Miss(f"installed, but {rel} is missing from it")
     with importlib.resources.as_file(res) as path:
         rows = read_rows(Path(path))
+        sha = _file_sha256(Path(path))
     version = _dist_version(pkg.dist)
-    return rows, f"package {pkg.dist}{'==' + version if version else ''}:{rel}"
+    return rows, f"package {pkg.dist}{'==' + version if version else ''}:{rel}", sha
 
 
-def _from_hub(hub: Any, split: str) -> tuple[list[dict], str]:
+def _from_hub(hub: Any, split: str) -> tuple[list[dict], str, None]:
     if hub is None:
         raise _Miss("the task spec names no hub dataset (dataset.hub)")
     path, config, revision = _get(hub, "path"), _get(hub, "name"), _get(hub, "revision")
@@ -201,7 +198,7 @@ def _from_hub(hub: Any, split: str) -> tuple[list[dict], str]:
             raise _Miss(f"{label}: {unreachable}, and not in the local datasets cache") from None
         raise _Miss(f"{label}: {type(e).__name__}: {_one_line(str(e))[:300]}") from None
     rows = [dict(r) for r in ds]
-    return rows, f"hub {label}{'@' + revision if revision else ''} split {split}"
+    return rows, f"hub {label}{'@' + revision if revision else ''} split {split}", None
 
 
 _OFFLINE_ENVS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
@@ -361,6 +358,14 @@ def assign_ids(rows: list[dict], id_field: str | None, source: str) -> list[dict
         if ids is None:
             ids = [str(i) for i in range(len(rows))]
     return [{**r, "doc_id": d} for r, d in zip(rows, ids)]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
 
 
 def docs_hash(docs: list[dict]) -> str:

@@ -1,0 +1,145 @@
+"""Comparators: an extracted answer → a vote key (a canonical form, so equivalent answers vote
+together), and correctness against the gold answer (which goes through the same normalisation).
+An answer that was extracted but is not a valid value for the comparator (a flexible regex that
+caught "..." under the numeric comparator) gets key None: invalid.
+
+The registry: a comparator is one class decorated with @register_comparator("name"); task specs
+validate `scoring.comparator` against COMPARATORS."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+from harness import HarnessError
+from harness.grading import math_worker
+from harness.grading.math_worker import MathWorker
+from harness.grading.mathtext import normalize_math_text
+from harness.grading.numbers import normalize_number
+
+COMPARATORS: dict[str, type["Comparator"]] = {}
+C = TypeVar("C", bound=type)
+
+
+def register_comparator(name: str) -> Callable[[C], C]:
+    """Class decorator: make a Comparator subclass available to task specs as `name`."""
+
+    def add(cls: C) -> C:
+        assert name not in COMPARATORS, f"comparator {name!r} registered twice"
+        cls.name = name
+        COMPARATORS[name] = cls
+        return cls
+
+    return add
+
+
+class Comparator:
+    """key(answer): canonical vote key (None = not a valid answer); equal(pred, gold): correctness."""
+
+    name = "base"
+
+    def key(self, pred: str) -> str | None:
+        raise NotImplementedError
+
+    def equal(self, pred: str, gold: str) -> bool:
+        k = self.key(pred)
+        return k is not None and k == self.key(gold)
+
+    # Whether equal keys are the only equivalence (True) or cluster_keys must also compare pairs.
+    keys_are_canonical = True
+
+
+@register_comparator("exact")
+class ExactComparator(Comparator):
+
+    def key(self, pred: str) -> str | None:
+        return pred.strip() or None
+
+
+@register_comparator("numeric")
+class NumericComparator(Comparator):
+
+    def key(self, pred: str) -> str | None:
+        return normalize_number(pred)
+
+
+@register_comparator("math")
+class MathComparator(Comparator):
+    """sympy equivalence, each worker call bounded by `timeout_s` (overrun = "not equal")."""
+
+    keys_are_canonical = False  # simplify() is not a canonical form: 0.5x and x/2 need a pairwise check
+    _CACHE_LIMIT = 50_000
+
+    def __init__(self, timeout_s: float = 2.0, worker: MathWorker | None = None) -> None:
+        self.timeout_s = timeout_s
+        self._worker = worker or math_worker.default_worker
+        self._keys: dict[str, str | None] = {}
+        self._equal: dict[tuple[str, str], bool] = {}
+
+    def key(self, pred: str) -> str | None:
+        if pred in self._keys:
+            return self._keys[pred]
+        text = normalize_math_text(pred)
+        key: str | None = None
+        if text:
+            key = normalize_number(text, units=False)  # the fast path: plain numbers never reach sympy
+            if key is None:
+                key = self._worker.call("key", text, timeout=self.timeout_s) or text.replace(" ", "")
+        if len(self._keys) >= self._CACHE_LIMIT:
+            self._keys.clear()
+        self._keys[pred] = key
+        return key
+
+    def equal(self, pred: str, gold: str) -> bool:
+        if (pred, gold) in self._equal:
+            return self._equal[(pred, gold)]
+        a, b = normalize_math_text(pred), normalize_math_text(gold)
+        if not a or not b:
+            result = False
+        elif a.replace(" ", "") == b.replace(" ", ""):
+            result = True
+        elif (na := normalize_number(a, units=False)) is not None and (nb := normalize_number(b, units=False)) is not None:
+            result = na == nb  # both exact numbers: no sympy needed
+        elif self.key(pred) == self.key(gold):
+            result = True
+        else:
+            result = self._worker.call("equal", a, b, timeout=self.timeout_s) is True
+        if len(self._equal) >= self._CACHE_LIMIT:
+            self._equal.clear()
+        self._equal[(pred, gold)] = result
+        return result
+
+
+
+
+def make_comparator(name: str) -> Comparator:
+    if name not in COMPARATORS:
+        raise HarnessError(f"scoring.comparator: unknown comparator {name!r} (choose from {', '.join(COMPARATORS)})")
+    return COMPARATORS[name]()
+
+
+def cluster_keys(answers: list[str | None], comparator: Comparator | str, budget_s: float = 30.0) -> list[str | None]:
+    """Vote keys for one problem's answers: equivalent answers share a key (the key of the
+    equivalence class's first answer). Only the math comparator compares pairs: each new distinct
+    key is checked against the first answer of each class so far, until `budget_s` is spent (after
+    that, remaining keys stay in classes of their own; fewer merges, never a wrong one)."""
+    comp = make_comparator(comparator) if isinstance(comparator, str) else comparator
+    keys = [comp.key(a) if a is not None else None for a in answers]
+    if comp.keys_are_canonical:
+        return keys
+    deadline = time.monotonic() + budget_s
+    representatives: list[tuple[str, str]] = []  # (key, answer) of each class, in first-seen order
+    merged: dict[str, str] = {}
+    for answer, key in zip(answers, keys):
+        if key is None or key in merged:
+            continue
+        merged[key] = key
+        for rep_key, rep_answer in representatives:
+            if time.monotonic() > deadline:
+                break
+            if comp.equal(answer, rep_answer):  # type: ignore[arg-type]
+                merged[key] = rep_key
+                break
+        if merged[key] == key:
+            representatives.append((key, answer))  # type: ignore[arg-type]
+    return [merged[k] if k is not None else None for k in keys]
