@@ -20,13 +20,16 @@ from engine.sequence import RequestOutput
 
 
 class AsyncLLM:
-    def __init__(self, model: str | PathLike, **config):
-        self.engine = LLMEngine(EngineConfig(model=str(model), **config))
+    def __init__(self, model: str | PathLike | None = None, *, engine: LLMEngine | None = None, **config):
+        """An engine for `model` built from EngineConfig fields, or a ready `engine`."""
+        assert (model is None) != (engine is None), "give a model or an engine"
+        self.engine = engine or LLMEngine(EngineConfig(model=str(model), **config))
         self._queues: dict[str, asyncio.Queue] = {}
         self._commands: list[tuple] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._ids = itertools.count()
+        self._closing = False
 
     @property
     def tokenizer(self):
@@ -35,6 +38,23 @@ class AsyncLLM:
     @property
     def stats(self) -> EngineStats:
         return self.engine.stats
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests not admitted by the scheduler yet (queued here or in its waiting queue)."""
+        return len(self.engine.scheduler.waiting) + sum(cmd[0] == "add" for cmd in self._commands)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.engine.scheduler.running)
+
+    @property
+    def num_aborted(self) -> int:
+        return self.engine.stats.requests_aborted
+
+    def check_fits(self, prompt_len: int, params: SamplingParams) -> str | None:
+        """Why such a request can never run here (too long, more KV than the cache holds), or None."""
+        return self.engine.check_fits(prompt_len, params)
 
     async def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
@@ -81,6 +101,8 @@ class AsyncLLM:
                     else:
                         engine.abort_request(cmd[1])
                 if not engine.has_unfinished_requests():
+                    if self._closing:
+                        return
                     self._wakeup.clear()
                     if not self._commands:
                         await self._wakeup.wait()
@@ -94,11 +116,17 @@ class AsyncLLM:
                 queue.put_nowait(exc)
             raise
 
-    async def shutdown(self) -> None:
-        if self._task is not None:
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Abort every request still running (their consumers see finish_reason "abort"), let
+        the loop hand those results out and stop; cancel it if that takes over `timeout` s."""
+        self._closing = True
+        if self._task is None or self._task.done():
+            return
+        self._commands += [("abort", rid) for rid in list(self._queues)]
+        self._commands += [("abort", g.request_id) for g in [*self.engine.scheduler.waiting, *self.engine.scheduler.running]]
+        self._wakeup.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except (asyncio.TimeoutError, Exception):
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._task = None
+        self._task = None

@@ -34,7 +34,9 @@ class EngineConfig:
     seed: int = 0  # seeds requests that bring no seed of their own
     trust_remote_code: bool = False
     attention_backend: str = "auto"  # auto | torch | triton (auto: triton on CUDA when it imports, else torch)
-    enforce_eager: bool = False  # CUDA + triton: True = never replay decode steps from CUDA graphs
+    # CUDA + triton: False = replay decode steps from CUDA graphs. Eager by default until the graph
+    # path has run on a GPU (engine/cuda_graphs.py is unvalidated).
+    enforce_eager: bool = True
 
     def __post_init__(self) -> None:
         self.check()

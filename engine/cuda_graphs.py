@@ -1,4 +1,4 @@
-"""CUDA-graph capture of decode steps (CUDA + Triton backend only; off with enforce_eager).
+"""CUDA-graph capture of decode steps (CUDA + Triton only, and only with enforce_eager=False: eager is the default).
 
 A decode-only step of B sequences runs as the replay of a graph captured for the smallest
 capture size >= B. The graph reads static buffers (token ids, positions, slots, context lengths,

@@ -28,6 +28,7 @@ class EngineStats:
     steps: int
     requests_added: int
     requests_rejected: int
+    requests_aborted: int
     prompt_tokens: int  # submitted (admitted requests)
     prompt_tokens_computed: int  # prompt positions whose K/V were computed (recompute included)
     prompt_tokens_cached: int  # served by the prefix cache at first admission
@@ -64,8 +65,8 @@ class LLMEngine:
         self._ids = itertools.count()
         self._next_seq_id = 0
         self._pending: list[RequestOutput] = []  # rejected/aborted requests, reported at the next step
-        self._counters = dict(steps=0, requests_added=0, requests_rejected=0, prompt_tokens=0, generated_tokens=0,
-                              forward_s=0.0, sample_s=0.0)
+        self._counters = dict(steps=0, requests_added=0, requests_rejected=0, requests_aborted=0, prompt_tokens=0,
+                              generated_tokens=0, forward_s=0.0, sample_s=0.0)
         self._first_step: float | None = None
         self._last_step: float | None = None
 
@@ -96,7 +97,7 @@ class LLMEngine:
         group = SequenceGroup(request_id, text, token_ids, params, seeds, self._next_seq_id, arrival_time, stream)
         self._next_seq_id += params.n
         self._counters["requests_added"] += 1
-        error = self._check_fits(len(token_ids), params)
+        error = self.check_fits(len(token_ids), params)
         if error:
             group.error = error
             for seq in group.seqs:
@@ -109,7 +110,8 @@ class LLMEngine:
             self.scheduler.add(group)
         return request_id
 
-    def _check_fits(self, prompt_len: int, params: SamplingParams) -> str | None:
+    def check_fits(self, prompt_len: int, params: SamplingParams) -> str | None:
+        """Why a request with this prompt length and these params can never run, or None."""
         cfg, bs = self.config, self.config.block_size
         if prompt_len == 0:
             return "empty prompt"
@@ -128,6 +130,7 @@ class LLMEngine:
     def abort_request(self, request_id: str) -> None:
         group = self.scheduler.abort(request_id)
         if group is not None:
+            self._counters["requests_aborted"] += 1
             self._pending.append(RequestOutput.from_group(group, [s.index for s in group.seqs if s.finish_reason == "abort"]))
 
     def has_unfinished_requests(self) -> bool:
@@ -147,10 +150,14 @@ class LLMEngine:
         logits = self.runner.execute(batch)
         t_forward = time.monotonic()
 
-        rows, targets = [], []
-        for entry_row, seqs in enumerate(t for t in batch.sample_targets if t):
-            rows += [entry_row] * len(seqs)
-            targets += seqs
+        rows, targets, first = [], [], 0
+        for seq, span, seqs in zip(batch.seqs, batch.logits_spans(), batch.sample_targets):
+            if seq.group.wants_prompt_logits and seq.num_computed_tokens < seq.num_prompt_tokens - 1:
+                self._record_prompt_logprobs(seq, logits[first : first + span])
+            if seqs:
+                rows += [first + span - 1] * len(seqs)
+                targets += seqs
+            first += span
         tokens, logprob_info = self._sample(logits, rows, targets)
         self._counters["sample_s"] += time.monotonic() - t_forward
         self._counters["forward_s"] += t_forward - now
@@ -191,6 +198,20 @@ class LLMEngine:
             if top_vals is not None:
                 info += [top_vals.tolist(), top_ids.tolist()]
         return tokens.tolist(), info
+
+    @torch.inference_mode()
+    def _record_prompt_logprobs(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Logprobs of the prompt tokens that this chunk's rows predict (row i: position start+i
+        predicts token start+i+1), before the scheduler advances the sequence."""
+        group, start = seq.group, seq.num_computed_tokens
+        end = min(start + logits.shape[0], seq.num_prompt_tokens - 1)  # the last row predicts an output token
+        if end <= start:
+            return
+        nxt = torch.tensor(group.prompt_token_ids[start + 1 : end + 1], device=logits.device)
+        chosen, top_vals, top_ids = sampler.logprobs(logits[: end - start], nxt, group.params.prompt_logprobs or 0)
+        group.prompt_logprobs[start + 1 : end + 1] = chosen.tolist()
+        if top_vals is not None:
+            group.prompt_top_logprobs[start + 1 : end + 1] = [dict(zip(i, v)) for i, v in zip(top_ids.tolist(), top_vals.tolist())]
 
     def _append_token(self, seq: Sequence, token: int, logprob: list | None) -> bool:
         """Add a sampled token, detokenise, apply stop rules. True if seq finished."""
@@ -250,7 +271,7 @@ class LLMEngine:
         return EngineStats(
             num_blocks=bm.num_blocks, block_size=bm.block_size, blocks_in_use=bm.num_used_blocks,
             peak_blocks_in_use=bm.peak_used_blocks, steps=c["steps"], requests_added=c["requests_added"],
-            requests_rejected=c["requests_rejected"], prompt_tokens=c["prompt_tokens"],
+            requests_rejected=c["requests_rejected"], requests_aborted=c["requests_aborted"], prompt_tokens=c["prompt_tokens"],
             prompt_tokens_computed=self.scheduler.prompt_tokens_computed,
             prompt_tokens_cached=self.scheduler.prompt_tokens_cached, tokens_computed=self.scheduler.tokens_computed,
             generated_tokens=c["generated_tokens"], num_preemptions=self.scheduler.num_preemptions,

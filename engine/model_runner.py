@@ -137,8 +137,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Run one step; return float32 logits [R, V], one row per entry that samples (in
-        batch order). The caller owns the sampling."""
+        """Run one step; return float32 logits [R, V]: per entry in batch order, the rows of
+        `batch.logits_spans()` (its last row is the one it samples from). The caller samples."""
         if batch.copies:
             src, dst = zip(*batch.copies)
             self.ops.copy_blocks(
@@ -158,7 +158,7 @@ class ModelRunner:
         ids, slots, positions, logits_rows = [], [], [], []
         context_lens, tables = [], []
         offset = 0
-        for seq, num_new, targets in zip(batch.seqs, batch.num_new_tokens, batch.sample_targets):
+        for seq, num_new, span in zip(batch.seqs, batch.num_new_tokens, batch.logits_spans()):
             start = seq.num_computed_tokens
             ids.extend(seq.token_ids[start : start + num_new])
             pos = np.arange(start, start + num_new)
@@ -167,8 +167,7 @@ class ModelRunner:
             context_lens.append(start + num_new)
             tables.append(seq.block_table)
             offset += num_new
-            if targets:
-                logits_rows.append(offset - 1)
+            logits_rows.extend(range(offset - span, offset))
         to_tensor = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.long, device=dev)  # noqa: E731
         nd = batch.num_decode
         meta = AttentionMetadata(

@@ -22,6 +22,7 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: none; 0: chosen token only; k: plus the top-k alternatives
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (no prefix-cache reuse)
     skip_special_tokens: bool = True
 
     def __post_init__(self) -> None:
@@ -47,6 +48,8 @@ class SamplingParams:
                 raise ValueError(f"seeds has {len(self.seeds)} entries but n={self.n}")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError(f"logprobs must be None or >= 0, got {self.logprobs}")
+        if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
+            raise ValueError(f"prompt_logprobs must be None or >= 0, got {self.prompt_logprobs}")
 
     def replace(self, **changes: Any) -> "SamplingParams":
         return dataclasses.replace(self, **changes)

@@ -50,6 +50,13 @@ class ScheduledBatch:
     def num_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
+    def logits_spans(self) -> list[int]:
+        """Logits rows per entry, in batch order: every new token of a prompt chunk whose request
+        asked for prompt logprobs, else one row for an entry that samples, else none."""
+        return [num_new if seq.group.wants_prompt_logits and seq.num_computed_tokens < seq.num_prompt_tokens
+                else int(bool(targets))
+                for seq, num_new, targets in zip(self.seqs, self.num_new_tokens, self.sample_targets)]
+
 
 class Scheduler:
     def __init__(self, config: EngineConfig, block_manager: BlockManager):
@@ -135,7 +142,8 @@ class Scheduler:
                 break
             seq = group.carrier()
             limit = group.fork_len if group.needs_fork else seq.num_tokens
-            cached = bm.find_cached_prefix(seq.token_ids, limit - 1)  # always compute >= 1 token
+            # always compute >= 1 token; a request for prompt logprobs computes its whole prompt
+            cached = [] if group.wants_prompt_logits else bm.find_cached_prefix(seq.token_ids, limit - 1)
             num_new = min(limit - len(cached) * bm.block_size, budget)
             if bm.blocks_needed_from(cached, len(cached) * bm.block_size + num_new) > bm.num_free_blocks - reserved:
                 break

@@ -100,7 +100,8 @@ class RequestMetrics:
 class SequenceGroup:
     """One request: a prompt, its sampling params, and its n sample sequences."""
 
-    __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "seqs", "forked", "metrics", "error", "stream")
+    __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "seqs", "forked", "metrics", "error", "stream",
+                 "prompt_logprobs", "prompt_top_logprobs")
 
     def __init__(
         self,
@@ -124,6 +125,11 @@ class SequenceGroup:
         self.metrics = RequestMetrics(arrival_time or time.monotonic(), num_prompt_tokens=len(prompt_token_ids))
         self.error: str | None = None
         self.stream = stream
+        # per prompt position (position 0 has none): filled as the prompt's chunks are computed
+        want = params.prompt_logprobs
+        self.prompt_logprobs: list[float | None] | None = None if want is None else [None] * len(prompt_token_ids)
+        self.prompt_top_logprobs: list[dict[int, float] | None] | None = (
+            [None] * len(prompt_token_ids) if want else None)
 
     @property
     def fork_len(self) -> int:
@@ -143,6 +149,10 @@ class SequenceGroup:
     @property
     def finished(self) -> bool:
         return all(s.finish_reason is not None for s in self.seqs)
+
+    @property
+    def wants_prompt_logits(self) -> bool:
+        return self.prompt_logprobs is not None
 
     def __repr__(self) -> str:
         return f"SequenceGroup({self.request_id}, n={len(self.seqs)}, forked={self.forked})"
@@ -173,6 +183,8 @@ class RequestOutput:
     metrics: RequestMetrics
     error: str | None = None
     newly_finished: list[int] = field(default_factory=list)  # sample indices that finished this step
+    prompt_logprobs: list[float | None] | None = None  # per prompt token (None for the first)
+    prompt_top_logprobs: list[dict[int, float] | None] | None = None
 
     @staticmethod
     def from_group(group: SequenceGroup, newly_finished: list[int] = ()) -> "RequestOutput":
@@ -187,4 +199,6 @@ class RequestOutput:
         return RequestOutput(
             group.request_id, group.prompt, group.prompt_token_ids, outs, group.finished, group.metrics,
             group.error, list(newly_finished),
+            None if group.prompt_logprobs is None else list(group.prompt_logprobs),
+            None if group.prompt_top_logprobs is None else list(group.prompt_top_logprobs),
         )

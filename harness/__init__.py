@@ -1,4 +1,17 @@
-"""reasoning-harness: chain-of-thought evaluation with a paged-KV inference engine."""
+"""reasoning-harness: chain-of-thought evaluation with a paged-KV inference engine.
+
+    cli        the `harness` command, one module per subcommand
+    tasks      YAML task specs, data sources, prompts
+    grading    answer extraction (filters) and comparison (comparators)
+    scoring    typed records, metrics, paired statistics
+    runs       the run directory and the runner
+    models     presets, the model cache, GGUF conversion, loading
+    backends   engine | hf: requests in, finished samples out
+    analysis   compare and regress finished runs
+    reporting  tables, report.md, report.html, terminal output
+    bench      benchmarks against peers
+    files      atomic file writes
+"""
 
 from importlib import metadata as _metadata
 from pathlib import Path as _Path

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from harness.bench import sc as bench
+from harness.bench.machine import RssSampler
+from harness.bench.output import write_outputs
 from harness.cli import bench as bench_cli
 from harness.cli import build_parser
 
@@ -51,7 +53,7 @@ def test_bench_sc_smoke(tiny_model_dir, gsm8k_dir, tmp_path):
     assert set(n1["ratios"]) == {"engine/hf", "hf/engine"}
     assert n3["systems"]["hf"]["skipped"] and n3["systems"]["hf"]["median"] is None
 
-    paths = bench.write_outputs(result, tmp_path, "sc-tiny")
+    paths = write_outputs(result, tmp_path, "sc-tiny")
     assert {p.suffix for p in paths} == {".json", ".md", ".png"}
     assert json.loads(paths[0].read_text())["configs"][0]["n"] == 1
     md = paths[1].read_text()
@@ -88,12 +90,12 @@ def test_rss_sampler_sees_a_freed_peak_and_resets():
     import mmap
 
     size = 200 * 2**20
-    with bench.RssSampler() as first:
+    with RssSampler() as first:
         m = mmap.mmap(-1, size)
         for off in range(0, size, 4096):
             m[off] = 1
         m.close()
     assert first.peak - first.start >= 150 * 2**20
-    with bench.RssSampler() as second:
+    with RssSampler() as second:
         pass
     assert second.peak < first.peak - 100 * 2**20

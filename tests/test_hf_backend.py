@@ -233,8 +233,8 @@ def test_registry_errors(tiny_model_dir, monkeypatch):
     m = resolve_model(str(tiny_model_dir))
     with pytest.raises(HarnessError, match="not available yet"):
         get_backend("vllm", m)
-    with pytest.raises(HarnessError, match="not available yet"):
-        get_backend("openai", m)
+    with pytest.raises(HarnessError, match="needs --base-url"):  # a real backend now (it needs a server)
+        get_backend("openai", str(tiny_model_dir))
     with pytest.raises(HarnessError, match="unknown backend"):
         get_backend("nope", m)
     monkeypatch.setitem(reg._BACKENDS, "engine", ("harness.backends._no_such_engine_module", "EngineBackend"))

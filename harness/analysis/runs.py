@@ -39,6 +39,13 @@ class Run:
         return str(m.get("id") if isinstance(m, dict) else m or "?")
 
     @property
+    def chat_template_hash(self) -> str | None:
+        """results.json's chat_template_hash; runs written before it was filled in have it only
+        in the backend section (as chat_template_sha256)."""
+        backend = self.results.get("backend")
+        return self.results.get("chat_template_hash") or (backend.get("chat_template_sha256") if isinstance(backend, dict) else None)
+
+    @property
     def filters(self) -> list[str]:
         return list(self.results.get("metrics", {}))
 

@@ -4,6 +4,11 @@ Each backend module is imported only when asked for, so `harness` stays importab
 optional dependencies of the backends it does not use. The model is the user's string: local
 backends resolve it (`resolve_backend_model`, which the runner calls first so that a run's identity
 is known before any weights load); a remote backend passes it to its server.
+
+    base     the interface: GenerationRequest, Completion, SamplingParams, Backend
+    engine   this project's paged-KV engine, in process
+    hf       transformers `generate`, the numerical reference
+    openai   any OpenAI-compatible server (harness serve, vLLM, SGLang, hosted APIs) over HTTP
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from harness.backends.base import Backend, Completion, GenerationRequest, Sampli
 _BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("harness.backends.hf", "HFBackend"),
     "engine": ("harness.backends.engine", "EngineBackend"),
+    "openai": ("harness.backends.openai", "OpenAIBackend"),
 }
 _LOCAL = {"hf", "engine"}  # backends that run a model from disk: the model string is resolved here
 _RESERVED = {
-    "openai": "an OpenAI-compatible API client",
-    "vllm": "vLLM",
+    "vllm": "vLLM in process; a vLLM server is reached with --backend openai --base-url URL",
 }
 
 

@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Annotated, Any, Iterator, Protocol, Sequence
+
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from harness.scoring.records import BackendInfo
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    n: int = 1
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    min_p: float = 0.0
-    max_tokens: int = 512
-    stop: tuple[str, ...] = ()
-    seed: int = 0
-    logprobs: int | None = None  # None: none; 0: chosen token only; k: plus top-k alternatives
-    ignore_eos: bool = False
+    """Plain construction does not validate (a backend reports bad values itself); the annotations'
+    constraints apply where pydantic validates it, as a task spec's `sampling:` (harness.tasks.spec)."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    n: Annotated[StrictInt, Field(ge=1)] = 1
+    temperature: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = 0.0  # 0 = greedy
+    top_p: Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
+    top_k: Annotated[StrictInt, Field(ge=0)] = 0  # 0 = off
+    min_p: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+    max_tokens: Annotated[StrictInt, Field(ge=1)] = 512
+    stop: tuple[Annotated[StrictStr, Field(min_length=1)], ...] = ()
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+    logprobs: Annotated[StrictInt, Field(ge=0)] | None = None  # None: none; 0: chosen token only; k: plus top-k alternatives
+    ignore_eos: StrictBool = False
 
     def replace(self, **kw: Any) -> "SamplingParams":
         return dataclasses.replace(self, **kw)
@@ -60,10 +67,11 @@ class Completion:
     ttft: float | None = None  # seconds from submission to first token
     latency: float | None = None  # seconds from submission to finish
     error: str | None = None
+    num_generated_tokens: int | None = None  # a remote backend's count (usage) when it returns no token ids
 
     @property
     def generated_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self.token_ids) if self.token_ids or self.num_generated_tokens is None else self.num_generated_tokens
 
 
 class Backend(Protocol):

@@ -66,9 +66,10 @@ class EngineBackend:
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.9,
         seed: int = 0,
+        asynchronous: bool = False,  # also an AsyncLLM over the engine (`harness serve`)
         **_: Any,
     ):
-        from engine import EngineConfig, EngineConfigError, LLMEngine
+        from engine import AsyncLLM, EngineConfig, EngineConfigError, LLMEngine
 
         self.model = model if isinstance(model, ResolvedModel) else resolve_model(str(model))
         self.device = resolve_device(device)
@@ -94,6 +95,7 @@ class EngineBackend:
         except EngineConfigError as e:
             raise HarnessError(f"engine: {e}") from None
         self.engine.eos_token_ids.update(eos_token_ids([], self._tok, (self.model.preset or {}).get("eos_tokens") or ()))
+        self.async_engine = AsyncLLM(engine=self.engine) if asynchronous else None
         self._ids = itertools.count()
         self._eos_ids, self._num_blocks = set(self.engine.eos_token_ids), self.engine.block_manager.num_blocks
 

@@ -7,6 +7,7 @@
     regress   the CI gate against a baseline                 harness.cli.regress
     report    rebuild report.md / report.html                harness.cli.report
     bench     benchmarks (SC-8shot, attention kernels)       harness.cli.bench
+    serve     an OpenAI-compatible server over the engine    harness.cli.serve
 
 User errors (HarnessError) print as one line and exit 2. A subcommand module that fails to import
 is an error of the whole command line, never a silently missing subcommand.
@@ -21,7 +22,7 @@ from typing import Sequence
 
 from harness import HarnessError, __version__
 
-COMMANDS = ("eval", "tasks", "models", "compare", "regress", "report", "bench")
+COMMANDS = ("eval", "tasks", "models", "compare", "regress", "report", "bench", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from harness import HarnessError
 from harness.bench import sc as sc_bench
-from harness.bench.sc import DEFAULT_OUT, SYSTEMS, markdown, run_sc, slug, write_outputs
+from harness.bench.output import DEFAULT_OUT, markdown, slug, write_outputs
+from harness.bench.sc import run_sc
+from harness.bench.systems import SYSTEMS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,12 +49,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     sc.add_argument("--quiet", action="store_true")
     sc.set_defaults(func=cmd_sc)
 
+    sv = bsub.add_parser("serve", help="the engine directly vs through `harness serve` (HTTP overhead, TTFT under load)")
+    sv.add_argument("--model", default="smollm2-135m-instruct")
+    sv.add_argument("--clients", type=int, default=64, help="concurrent clients (default 64)")
+    sv.add_argument("--single", type=int, default=8, help="requests one after another for the single-client rows")
+    sv.add_argument("--max-tokens", "-M", type=int, default=64)
+    sv.add_argument("--data-dir", type=Path, default=None)
+    sv.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    sv.set_defaults(func=cmd_serve)
+
     # harness.bench.kernels (Triton, imported only when this command runs) parses its own options: this
     # parser takes every argument verbatim (no prefix characters, so "--x" is not an option here)
     kp = bsub.add_parser("kernels", help="attention kernel micro-benchmark (harness.bench.kernels)", add_help=False,
                          prefix_chars="\x01", description="Delegates to harness.bench.kernels.")
     kp.add_argument("kernel_args", nargs="*")
     kp.set_defaults(func=cmd_kernels)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.bench import serve
+
+    if args.clients < 1 or args.single < 1 or args.max_tokens < 1:
+        raise HarnessError("--clients, --single and --max-tokens must be positive")
+    result = serve.run_serve_bench(args.model, clients=args.clients, max_tokens=args.max_tokens, single=args.single,
+                                   data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"serve-{slug(result['workload']['model'])}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(serve.markdown(result))
+    print(serve.markdown(result))
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
 
 
 def cmd_kernels(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from harness import HarnessError
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def _kv(items: Sequence[str]) -> dict[str, Any]:
+def engine_options(items: Sequence[str]) -> dict[str, Any]:
     """--engine-arg key=value pairs; values parsed as YAML scalars (ints, floats, bools)."""
     import yaml
 
@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on a task")
     p.add_argument("--task", "-t", required=True, help="task name (see `harness tasks`) or a YAML path")
     p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"preset, local dir, .gguf file or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--backend", "-b", default=os.environ.get("HARNESS_BACKEND", "engine"), help="engine | hf (default engine)")
+    p.add_argument("--backend", "-b", default=os.environ.get("HARNESS_BACKEND", "engine"),
+                   help="engine | hf | openai (default engine)")
+    p.add_argument("--base-url", default=None, help="openai backend: the server's /v1 URL (default $OPENAI_BASE_URL)")
+    p.add_argument("--api-key-env", default=None, help="openai backend: environment variable holding the API key "
+                                                       "(default OPENAI_API_KEY)")
     p.add_argument("--limit", type=int, help="evaluate the first N problems")
     p.add_argument("-n", "--samples", type=int, dest="n", help="samples per problem (overrides the task)")
     p.add_argument("--seed", type=int, help="run seed (overrides the task)")
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None, limit=args.limit, n=args.n, seed=args.seed,
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         batch_size=args.batch_size, output_dir=args.output_dir, fresh=args.fresh,
-        backend_options=_kv(args.engine_arg),
+        backend_options={**engine_options(args.engine_arg),
+                         **{k: v for k, v in (("base_url", args.base_url), ("api_key_env", args.api_key_env)) if v}},
     )
     bar = ProgressBar(console, enabled=not args.no_progress)
     try:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-# Metric families in display order; within a family by k (maj@1, maj@2, ...).
-METRIC_FAMILIES = ("acc", "mean@", "maj@", "pass@", "invalid_rate", "truncation_rate", "mean_gen_tokens",
-                   "median_gen_tokens")
+from harness.scoring.metrics import metric_families
+
 COUNT_KEYS = ("n_problems", "n_samples")  # stored beside the metrics, not metrics themselves
 
 
 def metric_order(name: str) -> tuple:
-    for i, fam in enumerate(METRIC_FAMILIES):
+    """Metrics in the registry's order (harness.scoring.metrics), within a family by k."""
+    families = metric_families()
+    for i, fam in enumerate(families):
         if name == fam or (fam.endswith("@") and name.startswith(fam)):
             k = name.split("@", 1)[1] if fam.endswith("@") else "0"
             return (i, int(k) if k.isdigit() else 0, name)
-    return (len(METRIC_FAMILIES), 0, name)
+    return (len(families), 0, name)
 
 
 def metric_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, float, float | None, list | None]]:

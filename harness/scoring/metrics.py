@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -189,36 +189,105 @@ def _sample_count(docs: Sequence[DocSamples]) -> int:
     return n
 
 
+# ----------------------------------------------------------------------------------------------
+# The metric registry: a metric is one decorated function of one problem's samples
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem's samples for one filter, with what several metrics share computed once."""
+
+    doc: DocSamples
+    n: int
+    correct: int  # samples scored correct
+    groups: tuple[tuple[int, bool], ...]  # vote_groups: (count, correct) per distinct key
+    invalid: int  # samples with no valid answer
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    family: str  # "acc", or "maj@" for one metric per k (maj@1, maj@2, ...), "mean@" for mean@n
+    score: Callable[[Problem, int], float]  # (problem, k) -> that problem's score; k unused unless per-k
+    per_k: bool = False  # one metric per k in ks
+    needs: str | None = None  # "finish_reasons" / "gen_tokens": reported only when every problem has them
+    proportion: bool = True  # a rate in [0, 1] (its interval is clipped there)
+
+
+METRICS: list[Metric] = []  # in display order
+
+
+def register_metric(family: str, *, per_k: bool = False, needs: str | None = None, proportion: bool = True):
+    """Decorator: `score(problem, k) -> float` becomes a reported metric (mean over problems, with
+    a standard error clustered by problem), shown in registration order."""
+
+    def add(score: Callable[[Problem, int], float]) -> Callable[[Problem, int], float]:
+        assert all(m.family != family for m in METRICS), f"metric {family!r} registered twice"
+        METRICS.append(Metric(family, score, per_k, needs, proportion))
+        return score
+
+    return add
+
+
+@register_metric("acc")
+def _acc(p: Problem, k: int) -> float:
+    return float(bool(p.doc.correct[0]))  # the first sample: what a single greedy run reports
+
+
+@register_metric("mean@")
+def _mean_at_n(p: Problem, k: int) -> float:
+    return p.correct / p.n
+
+
+@register_metric("maj@", per_k=True)
+def _maj_at_k(p: Problem, k: int) -> float:
+    return _maj_winning_subsets(p.groups, p.invalid, k) / math.comb(p.n, k)
+
+
+@register_metric("pass@", per_k=True)
+def _pass_at_k(p: Problem, k: int) -> float:
+    return pass_at_k(p.n, p.correct, k)
+
+
+@register_metric("invalid_rate")
+def _invalid_rate(p: Problem, k: int) -> float:
+    return p.invalid / p.n
+
+
+@register_metric("truncation_rate", needs="finish_reasons")
+def _truncation_rate(p: Problem, k: int) -> float:
+    return sum(r == "length" for r in p.doc.finish_reasons) / p.n  # type: ignore[union-attr]
+
+
+@register_metric("mean_gen_tokens", needs="gen_tokens", proportion=False)
+def _mean_gen_tokens(p: Problem, k: int) -> float:
+    return float(np.mean(p.doc.gen_tokens))
+
+
+def metric_families() -> list[str]:
+    """The registered metric families in display order (for report tables), then the extras
+    compute_metrics adds without a per-problem score."""
+    return [m.family for m in METRICS] + ["median_gen_tokens"]
+
+
 def per_problem_scores(docs: Sequence[DocSamples], ks: Sequence[int] | None = None) -> dict[str, dict[str, float]]:
-    """metric -> {doc_id: that problem's score}. The metric is the mean of these scores; paired
-    comparisons between runs align them by doc_id. ks default to default_ks(n); k > n is skipped."""
+    """metric -> {doc_id: that problem's score}, for every registered metric. The metric is the
+    mean of these scores; paired comparisons between runs align them by doc_id. ks default to
+    default_ks(n); k > n is skipped."""
     if not docs:
         return {}
     n = _sample_count(docs)
     ks = sorted({k for k in (ks if ks is not None else default_ks(n)) if 1 <= k <= n})
-    out: dict[str, dict[str, float]] = {"acc": {}, f"mean@{n}": {}}
-    out.update({f"maj@{k}": {} for k in ks})
-    out.update({f"pass@{k}": {} for k in ks})
-    out["invalid_rate"] = {}
-    with_finish = all(d.finish_reasons is not None for d in docs)
-    with_tokens = all(d.gen_tokens is not None for d in docs)
-    if with_finish:
-        out["truncation_rate"] = {}
-    if with_tokens:
-        out["mean_gen_tokens"] = {}
+    metrics = [m for m in METRICS if m.needs is None or all(getattr(d, m.needs) is not None for d in docs)]
+    names = {m.family: ([f"{m.family}{k}" for k in ks] if m.per_k else [f"mean@{n}" if m.family == "mean@" else m.family])
+             for m in metrics}
+    out: dict[str, dict[str, float]] = {name: {} for m in metrics for name in names[m.family]}
     for d in docs:
-        c = sum(map(bool, d.correct))
-        out["acc"][d.doc_id] = float(bool(d.correct[0]))
-        out[f"mean@{n}"][d.doc_id] = c / n
         groups, invalid = vote_groups(d.keys, d.correct)
-        for k in ks:
-            out[f"maj@{k}"][d.doc_id] = _maj_winning_subsets(groups, invalid, k) / math.comb(n, k)
-            out[f"pass@{k}"][d.doc_id] = pass_at_k(n, c, k)
-        out["invalid_rate"][d.doc_id] = invalid / n
-        if with_finish:
-            out["truncation_rate"][d.doc_id] = sum(r == "length" for r in d.finish_reasons) / n  # type: ignore[union-attr]
-        if with_tokens:
-            out["mean_gen_tokens"][d.doc_id] = float(np.mean(d.gen_tokens))
+        problem = Problem(d, n, sum(map(bool, d.correct)), groups, invalid)
+        for m in metrics:
+            for name, k in zip(names[m.family], ks if m.per_k else [n]):
+                out[name][d.doc_id] = m.score(problem, k)
     return out
 
 
@@ -232,8 +301,10 @@ def compute_metrics(docs: Sequence[DocSamples], ks: Sequence[int] | None = None)
     if not scores:
         return {}
     result: dict[str, float | int | list[float]] = {"n_problems": len(docs), "n_samples": len(docs[0].keys)}
+    proportion = {m.family: m.proportion for m in METRICS}
     for metric, by_doc in scores.items():
-        mean, se, ci = mean_stderr_ci(list(by_doc.values()), clip=None if metric == "mean_gen_tokens" else (0.0, 1.0))
+        family = metric.split("@", 1)[0] + "@" if "@" in metric else metric
+        mean, se, ci = mean_stderr_ci(list(by_doc.values()), clip=(0.0, 1.0) if proportion.get(family, True) else None)
         result[metric], result[f"{metric}_stderr"], result[f"{metric}_ci"] = mean, se, ci
     if "mean_gen_tokens" in scores:
         result["median_gen_tokens"] = float(np.median([t for d in docs for t in d.gen_tokens]))  # type: ignore[union-attr]

@@ -1,4 +1,4 @@
-"""Paired statistics for comparing two runs problem by problem (pure functions, numpy only).
+"""Paired statistics for comparing two runs problem by problem (pure functions on numpy and scipy).
 
 Two runs of the same task answer the same problems, so every comparison here is *paired*: the unit
 is the problem, and what varies is the per-problem difference ``d_i = score_run(i) - score_base(i)``.
@@ -8,7 +8,7 @@ would carry, so small regressions become detectable.
 - ``paired_bootstrap``: percentile bootstrap CI of ``mean(d)``, resampling problems with
   replacement from a seeded ``numpy.random.Generator`` (deterministic for a given seed).
 - ``mcnemar_exact``: McNemar's exact test on paired binary outcomes, i.e. a two-sided binomial test
-  (p = 1/2) on the discordant pairs; computed with exact integer arithmetic (no scipy needed).
+  (p = 1/2) on the discordant pairs (``scipy.stats.binomtest``).
 - ``sign_flip_test``: the exact paired permutation (sign-flip) test on the differences, one- or
   two-sided. Under H0 the two runs are exchangeable within a problem, so each ``d_i`` is as likely
   to have had the opposite sign. Exact (by dynamic programming over the lattice of possible sums)
@@ -17,8 +17,9 @@ would carry, so small regressions become detectable.
   the regression gate instead of a paired t-test because the t-test is anti-conservative when few
   problems differ (3 problems flipped the same way out of 1000 give t-test p ≈ 0.04 but exact
   p = 1/8), and instead of a bootstrap p-value because the bootstrap is not exact at small sizes.
+  scipy has no exact sign-flip test for lattice-valued differences, hence the dynamic programming here.
 - CoT-length buckets: shared bucket edges from pooled generation lengths, and per-bucket accuracy
-  with Wilson intervals.
+  with Wilson intervals (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats as _sp
 
 from harness.scoring.records import doc_sort_key
 
@@ -105,13 +107,8 @@ def paired_bootstrap(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nd
 
 
 def binom_half_cdf(k: int, m: int) -> float:
-    """P(X <= k) for X ~ Binomial(m, 1/2), exactly (integer arithmetic, one rounding at the end)."""
-    if k < 0:
-        return 0.0
-    if k >= m:
-        return 1.0
-    total = sum(math.comb(m, i) for i in range(k + 1))
-    return total / (1 << m)  # int / int is correctly rounded in Python, whatever the sizes
+    """P(X <= k) for X ~ Binomial(m, 1/2)."""
+    return float(_sp.binom.cdf(k, m, 0.5))
 
 
 @dataclass(frozen=True)
@@ -133,11 +130,11 @@ class McNemar:
 
 def mcnemar_exact_counts(a_only: int, b_only: int) -> float:
     """Exact two-sided McNemar p-value from the two discordant counts: a two-sided binomial test of
-    ``a_only`` successes in ``a_only + b_only`` trials at p = 1/2 (= scipy.stats.binomtest)."""
+    ``a_only`` successes in ``a_only + b_only`` trials at p = 1/2 (1 when there are none)."""
     m = a_only + b_only
     if m == 0:
         return 1.0
-    return min(1.0, 2.0 * binom_half_cdf(min(a_only, b_only), m))
+    return float(_sp.binomtest(a_only, m, 0.5).pvalue)
 
 
 def mcnemar_exact(a: Sequence[bool] | np.ndarray, b: Sequence[bool] | np.ndarray) -> McNemar:
@@ -259,19 +256,12 @@ def sign_flip_test(d: Sequence[float] | np.ndarray, alternative: str = "less", *
 
 
 def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n."""
+    """Wilson score interval (level 1 - alpha) for a binomial proportion k/n; exactly 0 at k = 0
+    and 1 at k = n; (nan, nan) when n = 0."""
     if n == 0:
         return (float("nan"), float("nan"))
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(1 - alpha / 2)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return (lo, hi)
+    ci = _sp.binomtest(k, n).proportion_ci(1 - alpha, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def length_bucket_edges(lengths: Iterable[int], n_buckets: int = 5) -> list[int]:

@@ -1,8 +1,6 @@
 """Prompts: a task spec and a doc → the exact text (and chat messages) sent to a model.
 
-Templates are jinja2 in an ImmutableSandboxedEnvironment with StrictUndefined: a template sees the
-doc's fields as variables (and the whole doc as `doc`), cannot reach Python internals
-(`__class__`, `__globals__`, …) nor mutate anything, and a missing field is an error, never "".
+Templates are jinja2, rendered in harness.tasks.templating's sandbox (a missing field is an error).
 
 Layout without a chat template (`prompt.chat_template: false`)::
 
@@ -29,7 +27,6 @@ used.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import random
@@ -37,37 +34,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from harness import HarnessError
+from harness.tasks.errors import one_line
+from harness.tasks.templating import compile_template, render
 
 if TYPE_CHECKING:
     from harness.tasks import TaskSpec
-
-
-@functools.lru_cache(maxsize=1)
-def jinja_env() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _compile(src: str) -> jinja2.Template:
-    return jinja_env().from_string(src)
-
-
-def check_template(src: str) -> str | None:
-    """None if `src` compiles, else a one-line reason with the template line number."""
-    try:
-        _compile(src)
-    except jinja2.TemplateSyntaxError as e:
-        return _one_line(f"template syntax error at line {e.lineno}: {e.message}")
-    except jinja2.TemplateError as e:
-        return _one_line(f"template error: {e}")
-    return None
 
 
 @dataclass(frozen=True)
@@ -84,11 +57,11 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         p = spec.prompt
         self.fewshot = p.fewshot
-        self._template = _compile(p.template)
-        self._target = _compile(p.target)
-        self._system = _compile(p.system) if p.system is not None else None
+        self._template = compile_template(p.template)
+        self._target = compile_template(p.target)
+        self._system = compile_template(p.system) if p.system is not None else None
         self._answer_key = "prompt.fewshot.answer" if self.fewshot.answer is not None else "prompt.target"
-        self._answer = _compile(self.fewshot.answer) if self.fewshot.answer is not None else self._target
+        self._answer = compile_template(self.fewshot.answer) if self.fewshot.answer is not None else self._target
         if p.chat_template and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
             who = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
             raise HarnessError(
@@ -146,7 +119,7 @@ class PromptBuilder:
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as e:  # jinja errors inside the model's template ("system role not supported", …)
-            raise HarnessError(_one_line(f"{self.spec.name}: the tokenizer's chat template failed: {type(e).__name__}: {e}")) from None
+            raise HarnessError(one_line(f"{self.spec.name}: the tokenizer's chat template failed: {type(e).__name__}: {e}")) from None
         if not isinstance(text, str):
             raise HarnessError(f"{self.spec.name}: apply_chat_template returned {type(text).__name__}, expected text")
         return BuiltPrompt(text=text, messages=messages, prompt_hash=_sha(text), fewshot_ids=ids)
@@ -190,19 +163,7 @@ class PromptBuilder:
         return {k: v for k, v in cand.items() if k != "doc_id"} == {k: v for k, v in doc.items() if k != "doc_id"}
 
     def _render(self, tpl: jinja2.Template, key: str, doc: dict) -> str:
-        ctx = {**doc, "doc": doc}
-        where = f"{self.spec.name}: {key}"
-        did = doc.get("doc_id")
-        on = f" (doc {did})" if did is not None else ""
-        try:
-            return tpl.render(ctx)
-        except SecurityError as e:
-            raise HarnessError(_one_line(f"{where}: blocked by the template sandbox: {e}{on}")) from None
-        except jinja2.UndefinedError as e:
-            fields = ", ".join(k for k in doc if k != "doc_id")
-            raise HarnessError(_one_line(f"{where}: {e}{on}; the doc's fields: {fields}")) from None
-        except Exception as e:
-            raise HarnessError(_one_line(f"{where}: {type(e).__name__}: {e}{on}")) from None
+        return render(tpl, f"{self.spec.name}: {key}", doc)
 
 
 def _rng(seed: int, key: str) -> random.Random:
@@ -212,7 +173,3 @@ def _rng(seed: int, key: str) -> random.Random:
 
 def _sha(s: str) -> str:
     return hashlib.sha256(s.encode("utf-8")).hexdigest()
-
-
-def _one_line(s: str) -> str:
-    return " ".join(str(s).split("\n")).strip()

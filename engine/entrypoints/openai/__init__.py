@@ -1,0 +1,7 @@
+"""The OpenAI-compatible server.
+
+    protocol     request bodies (pydantic) and the error shape
+    serving      completions / chat completions over AsyncLLM: params, streaming, logprobs, echo
+    metrics      Prometheus metrics (`/metrics`)
+    api_server   the FastAPI app, its routes, and running it with uvicorn
+"""

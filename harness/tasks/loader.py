@@ -1,0 +1,259 @@
+"""Task loading: task names and files → YAML → `include:` merged, each key's origin → a TaskSpec.
+
+A task is found by name in the include paths, then $HARNESS_TASKS_DIR, then <project>/tasks (the
+first match wins; files and folders starting with "." or "_" are skipped, so `_base.yaml` is a
+fragment), or given by the path of its YAML file. YAML is read with duplicate keys as errors.
+
+`include: path | [path, …]` (relative to the including file) merges those files under this one:
+included in order, then this file on top. Mappings merge deeply; everything else (lists included)
+is replaced. A task's name (`task:`) is never inherited. Every key remembers the file that set it,
+so a validation error (harness.tasks.errors) names that file: `<file>: <key path>: <problem>`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import PROJECT_ROOT, HarnessError
+from harness.tasks.errors import KeyPath, forget, one_line, show, suggest
+from harness.tasks.spec import TaskSpec, build
+
+TASKS_ENV = "HARNESS_TASKS_DIR"
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def load_task(name_or_path: str | os.PathLike, include_paths: Iterable[str | os.PathLike] | None = ()) -> TaskSpec:
+    """A task by name (searched in the include paths, then $HARNESS_TASKS_DIR, then
+    <project>/tasks; the first match wins) or by the path of a YAML file."""
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if s.endswith(_YAML_SUFFIXES) or "/" in s or os.sep in s or p.is_file():
+        if not p.is_file():
+            raise HarnessError(f"task file not found: {s}")
+        return _load_file(p)
+    index = _scan(task_dirs(include_paths))
+    if s in index:
+        return _load_file(index[s])
+    hint = suggest(s, list(index))
+    known = ", ".join(sorted(index)) or "none"
+    raise HarnessError(f"unknown task {s!r}{hint}; known tasks: {known}")
+
+
+def list_tasks(include_paths: Iterable[str | os.PathLike] | None = ()) -> list[tuple[str, str, Path]]:
+    """(name, description, path) of every task visible with these include paths, sorted by name.
+    Every listed task is fully loaded, so a broken one is reported here rather than at eval."""
+    index = _scan(task_dirs(include_paths))
+    out = []
+    for name in sorted(index):
+        spec = _load_file(index[name])
+        out.append((name, spec.description, index[name]))
+    return out
+
+
+def task_dirs(include_paths: Iterable[str | os.PathLike] | None = ()) -> list[Path]:
+    """Where task names are looked up, in priority order."""
+    dirs: list[Path] = []
+    for p in include_paths or ():
+        q = Path(p).expanduser()
+        if not q.exists():
+            raise HarnessError(f"include path not found: {p}")
+        dirs.append(q)
+    for p in filter(None, os.environ.get(TASKS_ENV, "").split(os.pathsep)):
+        q = Path(p).expanduser()
+        if not q.exists():
+            raise HarnessError(f"${TASKS_ENV}: folder not found: {p}")
+        dirs.append(q)
+    dirs.append(Path(os.environ.get("HARNESS_ROOT", PROJECT_ROOT)) / "tasks")
+    return dirs
+
+
+# --------------------------------------------------------------------------------------------
+# Finding task files
+
+
+def _yaml_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).parts
+        if any(part.startswith(".") for part in rel) or p.name.startswith("_"):
+            continue
+        if p.suffix in _YAML_SUFFIXES and p.is_file():
+            out.append(p)
+    return out
+
+
+def _scan(dirs: Sequence[Path]) -> dict[str, Path]:
+    """name → file (first root wins); a name declared twice inside one root is an error."""
+    index: dict[str, Path] = {}
+    for root in dirs:
+        seen: dict[str, Path] = {}
+        for f in _yaml_files(root):
+            data = _read_yaml(f)
+            if not isinstance(data, dict) or not isinstance(data.get("task"), str):
+                continue  # not a task file (a fragment, or some other YAML)
+            name = data["task"]
+            if name in seen:
+                raise HarnessError(f"{_display(f)}: task: name {name!r} is also declared by {_display(seen[name])}")
+            seen[name] = f
+            index.setdefault(name, f)
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# Reading YAML
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            dup = key in seen
+        except TypeError:
+            dup = False
+        if dup:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        try:
+            seen.add(key)
+        except TypeError:
+            pass
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise HarnessError(f"{_display(path)}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{_display(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(x) for x in (e.context, e.problem) if x)
+        raise HarnessError(f"{_display(path)}: YAML syntax error{where}: {one_line(what)}") from None
+    except yaml.YAMLError as e:
+        raise HarnessError(f"{_display(path)}: YAML error: {one_line(str(e))}") from None
+
+
+def _display(path: Path) -> str:
+    """A file's label in messages: relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving includes
+
+
+def _load_file(path: Path) -> TaskSpec:
+    path = path.resolve()
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise HarnessError(f"{_display(path)}: expected a mapping of task keys at the top, got {show(data)}")
+    if "task" not in data:
+        raise HarnessError(f"{_display(path)}: task: missing (every task file names itself with 'task: <name>')")
+    raw, origins = _resolve(path, data, [])
+    return build(raw, origins, path, default_origin=_display(path))
+
+
+def _resolve(path: Path, data: dict, stack: list[Path]) -> tuple[dict, dict]:
+    """Merge the includes of `data` (read from `path`) under it; origins: key path → file label."""
+    label = _display(path)
+    data = dict(data)
+    inc = data.pop("include", None)
+    merged: dict = {}
+    origins: dict = {}
+    for key, rel in _includes(inc, label):
+        target = (path.parent / Path(rel).expanduser()).resolve()
+        if target in stack or target == path:
+            chain = " -> ".join(_display(p) for p in [*stack, path, target])
+            raise HarnessError(f"{label}: {key}: include cycle: {chain}")
+        if not target.is_file():
+            raise HarnessError(f"{label}: {key}: file not found: {rel} (looked for {_display(target)})")
+        sub = _read_yaml(target)
+        if sub is None:
+            sub = {}
+        if not isinstance(sub, dict):
+            raise HarnessError(f"{_display(target)}: expected a mapping of task keys at the top, got {show(sub)}")
+        sub_raw, sub_origins = _resolve(target, sub, [*stack, path])
+        sub_raw.pop("task", None)  # a task's name is never inherited
+        forget(sub_origins, ("task",))
+        merged = _merge(merged, sub_raw, origins, sub_origins, ())
+    _absolutise_files(data, path.parent)
+    own: dict = {}
+    _walk(data, (), own, label)
+    merged = _merge(merged, data, origins, own, ())
+    return merged, origins
+
+
+def _includes(inc: Any, label: str) -> list[tuple[str, str]]:
+    """(key path for messages, relative path) of each file an `include:` value names."""
+    if inc is None:
+        return []
+    if isinstance(inc, str):
+        return [("include", inc)]
+    if isinstance(inc, list) and all(isinstance(x, str) for x in inc):
+        return [(f"include[{i}]", rel) for i, rel in enumerate(inc)]
+    raise HarnessError(f"{label}: include: expected a file path or a list of file paths, got {show(inc)}")
+
+
+def _absolutise_files(data: dict, base: Path) -> None:
+    ds = data.get("dataset")
+    if isinstance(ds, dict) and isinstance(ds.get("files"), dict):
+        ds["files"] = {
+            k: (str((base / Path(v).expanduser()).resolve()) if isinstance(v, str) and v else v)
+            for k, v in ds["files"].items()
+        }
+
+
+def _walk(obj: Any, prefix: KeyPath, out: dict, label: str) -> None:
+    out[prefix] = label
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _walk(v, prefix + (k,), out, label)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _walk(v, prefix + (i,), out, label)
+
+
+def _merge(base: dict, child: dict, origins: dict, child_origins: dict, prefix: KeyPath) -> dict:
+    out = dict(base)
+    for k, v in child.items():
+        p = prefix + (k,)
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, origins, child_origins, p)
+            if p in child_origins:
+                origins[p] = child_origins[p]
+        else:
+            out[k] = copy.deepcopy(v)
+            forget(origins, p)
+            n = len(p)
+            origins.update({q: o for q, o in child_origins.items() if q[:n] == p})
+    return out

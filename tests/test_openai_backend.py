@@ -1,0 +1,119 @@
+"""`harness eval --backend openai` against `harness serve` in a subprocess on 127.0.0.1 (the real
+CLI on both sides): the same greedy samples and metrics as `--backend engine`, and a server killed
+and restarted mid-run costs nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tiny import GSM8K_DIR, ROOT
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HARNESS_DATA_DIR=str(GSM8K_DIR), PYTHONPATH=str(ROOT))
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(model: Path, port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "serve", str(model), "--port", str(port), "--log-level", "warning",
+                             "--engine-arg", "max_num_seqs=8"], env=_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("harness serve did not come up")
+
+
+def _eval(model: str, out: Path, backend: str, task: str, *extra: str, limit: int = 4) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "harness", "eval", "--task", task, "--model", model, "--backend", backend,
+           "--limit", str(limit), "--max-tokens", "24", "--no-progress", "--output-dir", str(out), *extra]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def _samples(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    return {(r["doc_id"], r["sample_idx"]): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    proc = _serve(tiny_model_dir, port, log)
+    yield f"http://127.0.0.1:{port}/v1", tiny_model_dir.name
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("task", ["gsm8k-cot", "gsm8k-cot-zeroshot"])  # completions API, chat API
+def test_openai_backend_equals_engine_backend(served, tiny_model_dir, tmp_path, task):
+    url, name = served
+    a = _eval(str(tiny_model_dir), tmp_path / "engine", "engine", task)
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = _eval(name, tmp_path / "openai", "openai", task, "--base-url", url, "--engine-arg", "return_token_ids=true")
+    assert b.returncode == 0, b.stderr[-3000:]
+    ea, eb = _samples(tmp_path / "engine"), _samples(tmp_path / "openai")
+    assert set(ea) == set(eb) and len(ea) == 4
+    for key in ea:
+        assert (ea[key]["text"], ea[key]["generated_tokens"], ea[key]["finish_reason"]) == \
+               (eb[key]["text"], eb[key]["generated_tokens"], eb[key]["finish_reason"]), key
+        assert ea[key]["prompt_tokens"] == eb[key]["prompt_tokens"]
+    ra = json.loads((tmp_path / "engine" / "results.json").read_text())
+    rb = json.loads((tmp_path / "openai" / "results.json").read_text())
+    assert ra["metrics"] == rb["metrics"] and ra["spec_hash"] == rb["spec_hash"]
+    assert rb["backend"]["name"] == "openai" and rb["backend"]["base_url_host"] == url.split("//")[1].split("/")[0]
+    assert rb["model"]["id"] == name and rb["backend"]["served_model"]["id"] == name
+
+
+def test_server_killed_and_restarted_mid_run(tiny_model_dir, tmp_path):
+    port = _free_port()
+    url, name, log = f"http://127.0.0.1:{port}/v1", tiny_model_dir.name, tmp_path / "serve.log"
+    server = _serve(tiny_model_dir, port, log)
+    try:
+        args = ("--base-url", url, "-n", "4", "--engine-arg", "concurrency=2", "--engine-arg", "max_retries=12")
+        full = _eval(name, tmp_path / "full", "openai", "gsm8k-cot-sc", *args, limit=6)
+        assert full.returncode == 0, full.stderr[-3000:]
+
+        part = tmp_path / "part"
+        cmd = [sys.executable, "-m", "harness", "eval", "--task", "gsm8k-cot-sc", "--model", name, "--backend", "openai",
+               "--limit", "6", "--max-tokens", "24", "--no-progress", "--output-dir", str(part), *args]
+        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while not (part / "samples.jsonl").exists() or (part / "samples.jsonl").read_bytes().count(b"\n") < 4:
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        server.kill()  # mid-run: requests in flight fail, new ones are refused
+        server.wait()
+        time.sleep(2)
+        server = _serve(tiny_model_dir, port, log)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    a, b = _samples(tmp_path / "full"), _samples(part)
+    assert len(b) == 24 and not any(r["error"] for r in b.values()), "nothing lost: every sample retried until it came"
+    assert {k: r["text"] for k, r in a.items()} == {k: r["text"] for k, r in b.items()}, "per-sample seeds: the same draws"
+    assert json.loads((part / "results.json").read_text())["metrics"] == json.loads((tmp_path / "full" / "results.json").read_text())["metrics"]
