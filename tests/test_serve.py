@@ -303,3 +303,27 @@ def test_load_64_clients(tiny_model_dir):
         print(f"load: 1280 requests in {time.time() - t0:.1f} s, {walked} disconnects aborted")
     finally:
         s.stop()
+
+
+def test_reasoning_parser_splits_think():
+    from engine.entrypoints.openai.serving import OpenAIServing, _Choice, split_think
+
+    assert split_think("<think>2+2 is 4</think>\n\nThe answer is 4.") == ("2+2 is 4", "The answer is 4.")
+    assert split_think("no thinking here") == (None, "no thinking here")
+    assert split_think("<think>still thinking when the budget ran out") == ("still thinking when the budget ran out", None)
+    assert split_think("the template opened it</think>answer") == ("the template opened it", "answer")
+    st, deltas = _Choice(), []
+    for piece in ["<think>", "let me", " see</think>\n", "It is 4."]:
+        deltas.append(OpenAIServing._think_delta(st, piece))
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "let me see"
+    assert "".join(d.get("content", "") for d in deltas) == "It is 4."
+
+
+def test_chat_template_kwargs_and_cached_tokens(server):
+    c = server.client()
+    msgs = [{"role": "user", "content": "The same long question, asked twice, to hit the prefix cache. " * 4}]
+    first = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2, temperature=0,
+                                      extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    again = c.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2, temperature=0)
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert again.usage.prompt_tokens_details.cached_tokens >= 16  # whole blocks of the first request's prompt
