@@ -57,16 +57,18 @@ class AsyncLLM:
         return self.engine.check_fits(prompt_len, params)
 
     async def generate(
-        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's cumulative output after every step it makes progress in; the
-        last one has finished=True (finish_reason "abort" on the samples if aborted)."""
+        """Yield the request's cumulative output after every step it makes progress in (with
+        stream=False: only when a sample finishes); the last one has finished=True
+        (finish_reason "abort" on the samples if aborted)."""
         request_id = f"async-{next(self._ids)}" if request_id is None else request_id
         if request_id in self._queues:
             raise ValueError(f"request id {request_id!r} is already running")
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
-        self._submit(("add", prompt, params, request_id))
+        self._submit(("add", prompt, params, request_id, stream))
         finished = False
         try:
             while not finished:
@@ -97,7 +99,7 @@ class AsyncLLM:
                 commands, self._commands = self._commands, []
                 for cmd in commands:
                     if cmd[0] == "add":
-                        engine.add_request(cmd[1], cmd[2], cmd[3], stream=True)
+                        engine.add_request(cmd[1], cmd[2], cmd[3], stream=cmd[4])
                     else:
                         engine.abort_request(cmd[1])
                 if not engine.has_unfinished_requests():

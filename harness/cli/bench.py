@@ -58,6 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--out", type=Path, default=DEFAULT_OUT)
     sv.set_defaults(func=cmd_serve)
 
+    le = bsub.add_parser("lm-eval", help="lm-eval's local-completions against `harness serve`, next to harness eval")
+    le.add_argument("--lm-eval-python", required=True, help="python of an environment with lm-eval installed")
+    le.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    le.add_argument("--limit", type=int, default=50)
+    le.add_argument("--max-tokens", type=int, default=256, help="both sides (lm-eval's max_gen_toks default)")
+    le.add_argument("--data-dir", type=Path, required=True, help="folder with GSM8K test.jsonl and train.jsonl")
+    le.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    le.set_defaults(func=cmd_lm_eval)
+
     # harness.bench.kernels (Triton, imported only when this command runs) parses its own options: this
     # parser takes every argument verbatim (no prefix characters, so "--x" is not an option here)
     kp = bsub.add_parser("kernels", help="attention kernel micro-benchmark (harness.bench.kernels)", add_help=False,
@@ -81,6 +90,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stem.with_suffix(".md").write_text(serve.markdown(result))
     print(serve.markdown(result))
     print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.bench.lm_eval import run_lm_eval_bench
+
+    result = run_lm_eval_bench(args.lm_eval_python, args.model, args.limit, args.data_dir.resolve(), args.max_tokens,
+                               log=lambda m: print(m, file=sys.stderr, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"lm-eval-serve-{slug(result['model'])}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for side in ("lm_eval", "harness"):
+        r = result[side]
+        print(f"{side:>8}: strict {r['strict']:.3f} ± {r['stderr_strict']:.3f}, flexible {r['flexible']:.3f}, {r['wall_s']:.0f} s")
+    print(f"wrote {path}")
     return 0
 
 

@@ -90,26 +90,24 @@ def build_app(engine: AsyncLLM, config: ServingConfig, api_key: str | None = Non
         except ValidationError as e:
             raise _validation_error(e.errors()) from None
 
-    async def respond(request: Request, result: Any):
+    async def generate(request: Request, model: type, handler) -> Response:
+        """Parse the body, run the handler; a dict is the JSON response, anything else SSE."""
+        req = await body_of(request, model)
+        try:
+            result = await handler(req, request.is_disconnected)
+        except ClientGone:
+            return Response(status_code=499)  # nobody is listening; the engine request is aborted
         if isinstance(result, dict):
             return JSONResponse(result)
         return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        req = await body_of(request, CompletionRequest)
-        try:
-            return await respond(request, await serving.completions(req, request.is_disconnected))
-        except ClientGone:
-            return Response(status_code=499)
+        return await generate(request, CompletionRequest, serving.completions)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        req = await body_of(request, ChatCompletionRequest)
-        try:
-            return await respond(request, await serving.chat(req, request.is_disconnected))
-        except ClientGone:
-            return Response(status_code=499)
+        return await generate(request, ChatCompletionRequest, serving.chat)
 
     @app.get("/v1/models")
     async def models():

@@ -117,7 +117,7 @@ class OpenAIServing:
         prompt_lp = req.logprobs if (req.echo and req.logprobs is not None) else None
         params = [self._params(req, m, req.logprobs, prompt_lp, len(p.ids)) for m, p in zip(fitted, prompts)]
         rid = f"cmpl-{uuid.uuid4().hex}"
-        streams = [self._generate(p, sp, f"{rid}-{i}") for i, (p, sp) in enumerate(zip(prompts, params))]
+        streams = [self._generate(p, sp, f"{rid}-{i}", req.stream) for i, (p, sp) in enumerate(zip(prompts, params))]
         if req.stream:
             return self._stream_completions(req, rid, prompts, streams)
         finals = await self._collect(streams, disconnected)
@@ -222,7 +222,7 @@ class OpenAIServing:
         prompt = _Prompt(encode_prompt(self.tokenizer, text), text)
         params = self._params(req, self._fit(prompt.ids, req.max_new_tokens, "messages"), num_logprobs, prompt_len=len(prompt.ids))
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        stream = self._generate(prompt, params, rid)
+        stream = self._generate(prompt, params, rid, req.stream)
         if req.stream:
             return self._stream_chat(req, rid, prompt, stream, num_logprobs)
         (final,) = await self._collect([stream], disconnected)
@@ -306,11 +306,12 @@ class OpenAIServing:
         return {"reasoning_content": text}
 
     # ------------------------------------------------------------------------------ engine
-    async def _generate(self, prompt: _Prompt, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
-        """The engine's outputs for one prompt; records metrics when it finishes."""
+    async def _generate(self, prompt: _Prompt, params: SamplingParams, request_id: str, stream: bool) -> AsyncIterator[RequestOutput]:
+        """The engine's outputs for one prompt (every step when streaming, else as samples
+        finish: no per-step copies for a response sent whole); records metrics at the end."""
         prompt.request_ids.append(request_id)
         last = None
-        async for out in self.engine.generate(prompt.ids, params, request_id=request_id):
+        async for out in self.engine.generate(prompt.ids, params, request_id=request_id, stream=stream):
             last = out
             yield out
         if last is not None:
@@ -329,7 +330,7 @@ class OpenAIServing:
 
         task = asyncio.ensure_future(drain())
         while not task.done():
-            await asyncio.wait({task}, timeout=0.25)
+            await asyncio.wait({task}, timeout=1.0)
             if not task.done() and await disconnected():
                 task.cancel()
                 try:
