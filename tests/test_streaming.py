@@ -1,5 +1,6 @@
 """Finished samples reach samples.jsonl (and the progress display) as they finish, not when the
-whole run ends; a SIGKILL mid-run loses only samples that were still generating.
+whole run ends; a SIGKILL mid-run loses only samples that were still generating, and the rerun
+completes the run with the uninterrupted run's samples and metrics.
 
 Each test limits the backend's concurrency (engine: max_num_seqs=4; hf: batches of 4 rows) so
 that the 32 samples of the run finish in waves spread over the whole generation.
@@ -132,7 +133,8 @@ def test_sigkill_mid_run_keeps_every_sample_that_had_finished(tmp_path, tiny_mod
     kill_after = finish[len(finish) // 2]  # about half of the samples have finished by then
     part = tmp_path / "part"
     for _attempt in range(3):  # a run much faster than the reference may end before the kill: kill earlier
-        margin = max(0.3 * kill_after, 0.2)  # run-to-run speed differs; count only samples well before
+        # run-to-run speed differs (another test may share the CPU): count only samples well before
+        margin = max(0.5 * kill_after, 0.3)
         expected = sum(t <= kill_after - margin for t in finish)
         shutil.rmtree(part, ignore_errors=True)
         proc, began, when = _start(_cmd(tiny_model_dir, part, backend))
@@ -152,12 +154,20 @@ def test_sigkill_mid_run_keeps_every_sample_that_had_finished(tmp_path, tiny_mod
         f"{expected} had finished {margin:.2f} s before that in the uninterrupted run")
     assert on_disk < 32, "the kill should land before the run ends"
     assert not (part / "results.json").exists()
+    kept = (part / "samples.jsonl").read_text().splitlines()[:on_disk]
 
     r = subprocess.run(_cmd(tiny_model_dir, part, backend), env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"{on_disk} already on disk" in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == f"Run directory: {part}"
+    for name in ("samples.jsonl", "results.json", "report.md", "spec.yaml", "docs.jsonl", "run.json"):
+        assert (part / name).exists(), name
     lines = (part / "samples.jsonl").read_text().splitlines()
+    assert lines[:on_disk] == kept, "finished samples are never rewritten"
     assert len(lines) == 32 and len({(json.loads(x)["doc_id"], json.loads(x)["sample_idx"]) for x in lines}) == 32
     a = json.loads((full / "results.json").read_text())["metrics"]
     b = json.loads((part / "results.json").read_text())["metrics"]
     assert a == b
+    texts = lambda d: sorted((json.loads(x)["doc_id"], json.loads(x)["sample_idx"], json.loads(x)["text"])
+                             for x in (d / "samples.jsonl").read_text().splitlines())
+    assert texts(full) == texts(part), "per-sample seeds: the resumed run draws what the uninterrupted one drew"
