@@ -52,3 +52,16 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Modules that take the longest (seconds on the 2-core CI machine, measured with pytest-xdist: real
+# models, subprocesses, the GPU compile check). `--dist loadfile` hands files to workers in collection
+# order, so these go first and the short modules fill in behind them; in alphabetical order one
+# worker was left running test_streaming alone at the end.
+LONG_MODULES = ("test_streaming", "test_kernels_triton", "test_engine", "test_openai_backend", "test_engine_triton",
+                "test_serve", "test_bench", "test_report_html")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable: order within a module kept

@@ -5,7 +5,6 @@ and restarted mid-run costs nothing."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,13 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.tiny import GSM8K_DIR, ROOT
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HARNESS_DATA_DIR=str(GSM8K_DIR), PYTHONPATH=str(ROOT))
-    return env
+from tests.tiny import GSM8K_DIR, subprocess_env
 
 
 def _free_port() -> int:
@@ -33,7 +26,7 @@ def _free_port() -> int:
 
 def _serve(model: Path, port: int, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "harness", "serve", str(model), "--port", str(port), "--log-level", "warning",
-                             "--engine-arg", "max_num_seqs=8"], env=_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+                             "--engine-arg", "max_num_seqs=8"], env=subprocess_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
         assert proc.poll() is None, log.read_text()[-2000:]
@@ -100,7 +93,7 @@ def test_server_killed_and_restarted_mid_run(tiny_model_dir, tmp_path, monkeypat
         part = tmp_path / "part"
         cmd = [sys.executable, "-m", "harness", "eval", "--task", "gsm8k-cot-sc", "--model", name, "--backend", "openai",
                "--limit", "4", "--max-tokens", "24", "--no-progress", "--output-dir", str(part), *args]
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
         while not (part / "samples.jsonl").exists() or (part / "samples.jsonl").read_bytes().count(b"\n") < 4:
             assert time.time() < deadline and proc.poll() is None

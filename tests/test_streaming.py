@@ -9,7 +9,6 @@ that the 32 samples of the run finish in waves spread over the whole generation.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import GSM8K_DIR, ROOT
+from tests.tiny import GSM8K_DIR, subprocess_env
 
 BACKEND_ARGS = {"engine": ["--engine-arg", "max_num_seqs=4"], "hf": ["--batch-size", "4"]}
 BACKEND_OPTS = {"engine": {"max_num_seqs": 4}, "hf": {"batch_size": 4}}
@@ -90,12 +89,6 @@ def test_samples_and_progress_arrive_during_generation(tmp_path, tiny_model_dir,
     assert all(on_disk >= i + 1 for i, (_, on_disk) in enumerate(advances))
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HARNESS_DATA_DIR=str(GSM8K_DIR), PYTHONPATH=str(ROOT))
-    return env
-
-
 def _cmd(model: Path, out: Path, backend: str) -> list[str]:
     return [sys.executable, "-m", "harness", "eval", "--task", "gsm8k-cot-sc", "--model", str(model),
             "--backend", backend, "--limit", "8", "-n", "4", "--max-tokens", "48", "--no-progress",
@@ -105,7 +98,7 @@ def _cmd(model: Path, out: Path, backend: str) -> list[str]:
 def _start(cmd: list[str]) -> tuple[subprocess.Popen, threading.Event, list[float]]:
     """Start `harness eval`; the returned event is set (and the list holds the time) when the
     runner logs that generation begins."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     began, when = threading.Event(), []
 
     def watch() -> None:
@@ -156,7 +149,7 @@ def test_sigkill_mid_run_keeps_every_sample_that_had_finished(tmp_path, tiny_mod
     assert not (part / "results.json").exists()
     kept = (part / "samples.jsonl").read_text().splitlines()[:on_disk]
 
-    r = subprocess.run(_cmd(tiny_model_dir, part, backend), env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_cmd(tiny_model_dir, part, backend), env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"{on_disk} already on disk" in r.stderr
     assert r.stdout.strip().splitlines()[-1] == f"Run directory: {part}"

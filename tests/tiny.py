@@ -14,6 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("HARNESS_SHARED", ROOT.parent / "shared"))
 GSM8K_DIR = SHARED / "data" / "gsm8k"
 
+
+def subprocess_env() -> dict:
+    """The environment of a `harness` subprocess in a test: offline, the shared GSM8K data, this
+    checkout first on the path, and one torch thread (a tiny model gains nothing from threads, and
+    with a pytest-xdist worker on each core a second thread only waits on OpenMP barriers)."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HARNESS_DATA_DIR=str(GSM8K_DIR), PYTHONPATH=str(ROOT),
+               OMP_NUM_THREADS="1")
+    return env
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
