@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import weakref
 from os import PathLike
 from typing import AsyncIterator
 
@@ -56,19 +57,27 @@ class AsyncLLM:
         """Why such a request can never run here (too long, more KV than the cache holds), or None."""
         return self.engine.check_fits(prompt_len, params)
 
-    async def generate(
+    def generate(
         self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None,
         stream: bool = True,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield the request's cumulative output after every step it makes progress in (with
-        stream=False: only when a sample finishes); the last one has finished=True
-        (finish_reason "abort" on the samples if aborted)."""
+        """Submit the request now and return an iterator of its cumulative output after every
+        step it makes progress in (with stream=False: only when a sample finishes); the last one
+        has finished=True (finish_reason "abort" on the samples if aborted). Submitting at the call,
+        not at the first read, keeps `num_waiting` exact for a server's queue bound: its check and
+        the submission happen with no await between them. Call from the event loop."""
         request_id = f"async-{next(self._ids)}" if request_id is None else request_id
         if request_id in self._queues:
             raise ValueError(f"request id {request_id!r} is already running")
         queue: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = queue
         self._submit(("add", prompt, params, request_id, stream))
+        outputs = self._outputs(request_id, queue)
+        # an iterator dropped before its first read never runs its `finally`: abort when collected
+        weakref.finalize(outputs, self._abandon, request_id)
+        return outputs
+
+    async def _outputs(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
         finished = False
         try:
             while not finished:
@@ -81,6 +90,12 @@ class AsyncLLM:
             self._queues.pop(request_id, None)
             if not finished:  # the consumer walked away: stop computing for it
                 self._submit(("abort", request_id))
+
+    def _abandon(self, request_id: str) -> None:
+        if self._queues.pop(request_id, None) is not None:  # never read to the end, nor closed
+            self._commands.append(("abort", request_id))
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     def abort(self, request_id: str) -> None:
         self._submit(("abort", request_id))

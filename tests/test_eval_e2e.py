@@ -38,3 +38,25 @@ def test_rerun_with_a_different_task_into_the_same_dir_refuses(tmp_path, tiny_mo
     assert main(base + ["--task", "gsm8k"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "--fresh" in err[0]
+
+
+def test_a_second_eval_on_a_run_directory_in_use_is_refused(tmp_path, tiny_model_dir, capsys):
+    """Two `harness eval`s on one run directory would interleave samples.jsonl: the second is
+    refused in one line while the first holds the directory's lock, and runs once it is free."""
+    import filelock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = ["eval", "--task", "gsm8k-cot", "--model", str(tiny_model_dir), "--backend", "hf", "--limit", "1",
+            "--max-tokens", "4", "--no-progress", "--output-dir", str(out)]
+    held = filelock.FileLock(str(out / ".lock"))  # as a running eval holds it (flock: another open file)
+    held.acquire()
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another `harness eval` is writing this run directory" in err[0], err
+        assert not (out / "samples.jsonl").exists() and not (out / "run.json").exists()
+    finally:
+        held.release()
+    assert main(argv) == 0
+    assert (out / "samples.jsonl").read_text().count("\n") == 1

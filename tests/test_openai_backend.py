@@ -111,3 +111,66 @@ def test_server_killed_and_restarted_mid_run(tiny_model_dir, tmp_path, monkeypat
     assert len(b) == 16 and not any(r["error"] for r in b.values()), "nothing lost: every sample retried until it came"
     assert {k: r["text"] for k, r in a.items()} == {k: r["text"] for k, r in b.items()}, "per-sample seeds: the same draws"
     assert json.loads((part / "results.json").read_text())["metrics"] == json.loads((tmp_path / "full" / "results.json").read_text())["metrics"]
+
+
+class _SlowServer:
+    """A stdlib HTTP server on 127.0.0.1 that answers /v1/completions after `delay` seconds and
+    counts the requests it receives (a server slower than a client's read timeout)."""
+
+    def __init__(self, delay: float):
+        import http.server
+        import threading
+
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except OSError:  # the client gave up
+                    pass
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "slow", "object": "model"}]})
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["content-length"]))
+                outer.requests += 1
+                time.sleep(delay)
+                self._send({"choices": [{"index": 0, "text": " 42", "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_no_read_timeout_by_default_so_a_slow_server_is_not_restarted():
+    """A non-streamed request is silent until its sample finishes: with a read bound the client
+    cancels and starts it over (each attempt from scratch: a livelock on a server slower than the
+    bound); by default there is none, and the slow answer arrives on the first request."""
+    from harness.backends.base import GenerationRequest, SamplingParams
+    from harness.backends.openai import OpenAIBackend
+
+    server = _SlowServer(delay=1.5)
+    try:
+        req = GenerationRequest("r0", "0", "Q: 6 * 7?", SamplingParams(max_tokens=8), [0], [1])
+        backend = OpenAIBackend("slow", base_url=server.url)
+        assert backend.timeout is None, "no read bound unless one is asked for"
+        [ok] = list(backend.generate([req]))
+        assert (ok.text, ok.error, server.requests) == (" 42", None, 1)
+        server.requests = 0
+        [timed_out] = list(OpenAIBackend("slow", base_url=server.url, timeout=0.5, max_retries=2).generate([req]))
+        assert timed_out.finish_reason == "error" and "ReadTimeout" in timed_out.error
+        assert server.requests == 3, "every attempt started the work again"
+    finally:
+        server.httpd.shutdown()

@@ -233,14 +233,23 @@ def test_api_key(tiny_model_dir):
 def test_disconnects_abort_and_the_queue_bound_answers_429(tiny_model_dir):
     s = Server(tiny_model_dir, max_waiting=2, num_kv_blocks=128, max_num_seqs=2)
     try:
-        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 300, "ignore_eos": True, "stream": True}
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 480, "ignore_eos": True, "stream": True}
 
         async def burst():
+            # Every client holds its stream until all 12 have an answer, so the admitted ones still
+            # occupy the engine when the last arrive (on a loaded machine arrivals spread out, and a
+            # client that left at once freed its slot for the next: all 200s).
+            answered, everyone = [0], asyncio.Event()
+
             async with httpx.AsyncClient(base_url=s.url, timeout=60) as client:
                 async def one():
                     async with client.stream("POST", "/v1/completions", json=body) as r:
+                        answered[0] += 1
+                        if answered[0] == 12:
+                            everyone.set()
                         if r.status_code != 200:
                             return r.status_code, r.headers.get("retry-after")
+                        await everyone.wait()
                         async for _ in r.aiter_lines():  # the first chunk, then walk away mid-generation
                             break
                         return 200, None

@@ -212,6 +212,51 @@ def test_self_include_is_a_cycle(tmp_path):
         load_task(str(path))
 
 
+def test_include_chain_deeper_than_the_bound_is_one_line(tmp_path):
+    from harness.tasks.loader import MAX_INCLUDE_DEPTH
+
+    for i in range(MAX_INCLUDE_DEPTH + 4):  # level i includes level i + 1: no cycle, just deep
+        write(tmp_path / f"l{i}.yaml", {"include": f"l{i + 1}.yaml"})
+    write(tmp_path / f"l{MAX_INCLUDE_DEPTH + 4}.yaml", {"description": "the bottom"})
+    write(tmp_path / "top.yaml", mutate(task="top", include="l0.yaml"))
+    with pytest.raises(HarnessError) as ei:
+        load_task(str(tmp_path / "top.yaml"))
+    msg = str(ei.value)
+    assert "\n" not in msg and f"more than {MAX_INCLUDE_DEPTH} levels of includes" in msg, msg
+    write(tmp_path / "l3.yaml", {"description": "a chain of five files is fine"})
+    assert load_task(str(tmp_path / "top.yaml")).name == "top"
+
+
+ALIAS_BOMB = """task: bomb
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+"""
+
+
+@pytest.mark.parametrize("case,text,needle", [
+    ("alias bomb (9^9 strings from 80 nodes)", ALIAS_BOMB, "once aliases are expanded"),
+    ("alias to its own anchor", "task: me\nloop: &x [1, *x]\n", "refers to its own anchor"),
+    ("nested 50k deep", "task: deep\nx: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested too deeply"),
+], ids=["alias-bomb", "recursive-alias", "deep-nesting"])
+def test_hostile_yaml_is_refused_quickly(tmp_path, case, text, needle):
+    import time
+
+    path = write(tmp_path / "hostile.yaml", text)
+    t0 = time.perf_counter()
+    with pytest.raises(HarnessError) as ei:
+        load_task(str(path))
+    msg = str(ei.value)
+    assert "\n" not in msg and needle in msg and "hostile.yaml" in msg, (case, msg)
+    assert time.perf_counter() - t0 < 5, case  # a bound on a hang, not a performance claim
+
+
 def test_task_name_is_not_inherited(tmp_path):
     write(tmp_path / "base.yaml", VALID)
     path = write(tmp_path / "child.yaml", {"include": "base.yaml", "description": "no name"})

@@ -8,6 +8,8 @@
       samples.jsonl   one JSON line per finished sample, appended, flushed and fsynced
       results.json    metrics and provenance, rewritten at the end of every run
       report.md       the results as Markdown
+      .lock           held while a `harness eval` writes here: a second one is refused (flock, so
+                      a killed run leaves no stale lock)
 
 samples.jsonl is the source of truth: results are computed from it, never from memory, so a run
 killed at any point and rerun ends with exactly the metrics of an uninterrupted run.
@@ -16,8 +18,9 @@ killed at any point and rerun ends with exactly the metrics of an uninterrupted 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import HarnessError
 from harness.files import json_default, write_json_atomic
@@ -28,19 +31,43 @@ RESULTS = "results.json"
 RUN_INFO = "run.json"
 SPEC = "spec.yaml"
 REPORT_MD = "report.md"
+LOCK = ".lock"
 
 
 @dataclass(slots=True)
 class RunDir:
     path: Path
+    _lock: Any = field(default=None, repr=False)
 
     @property
     def samples_path(self) -> Path:
         return self.path / SAMPLES
 
     def prepare(self, identity: dict, fresh: bool = False) -> None:
-        """Create the directory, or check that an existing one belongs to the same run."""
+        """Create the directory and hold its lock (until `release`), or refuse: when another run
+        writes there, or when an existing directory belongs to a different run."""
+        import filelock
+
         self.path.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.path / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise HarnessError(f"{self.path}: another `harness eval` is writing this run directory; wait for it "
+                               "to finish (then rerun to resume) or choose another --output-dir") from None
+        self._lock = lock
+        try:
+            self._check_identity(identity, fresh)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _check_identity(self, identity: dict, fresh: bool) -> None:
         info_path = self.path / RUN_INFO
         if fresh:
             for name in (SAMPLES, RESULTS, RUN_INFO, REPORT_MD, "report.html"):

@@ -88,12 +88,23 @@ def sample_seed(run_seed: int, doc_id: str, sample_idx: int) -> int:
 
 def evaluate(opts: EvalOptions, progress: Progress | None = None, log: Callable[[str], None] = print) -> EvalResult:
     prep = prepare(opts)
-    from harness.backends import get_backend, resolve_backend_model
+    from harness.backends import resolve_backend_model
     from harness.models import quiet_transformers
 
     quiet_transformers()  # no conversion / weight-loading bars: ours is the one progress display
     model = resolve_backend_model(opts.backend, opts.model)
     rd = _open_run_dir(opts, prep, model)
+    try:
+        results = _generate(opts, prep, model, rd, progress, log)
+    finally:
+        rd.release()
+    return EvalResult(rd.path, results)
+
+
+def _generate(opts: EvalOptions, prep: Prepared, model: Any, rd: RunDir, progress: Progress | None,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    from harness.backends import get_backend
+
     options = dict(opts.backend_options)
     if opts.batch_size is not None:
         options["batch_size"] = opts.batch_size
@@ -121,8 +132,7 @@ def evaluate(opts: EvalOptions, progress: Progress | None = None, log: Callable[
         info = backend.info()
     finally:
         backend.close()
-    results = finalize(opts, prep, rd, info, gen_tokens, wall)
-    return EvalResult(rd.path, results)
+    return finalize(opts, prep, rd, info, gen_tokens, wall)
 
 
 def prepare(opts: EvalOptions) -> Prepared:

@@ -26,6 +26,9 @@ from harness.tasks.spec import TaskSpec, build
 
 TASKS_ENV = "HARNESS_TASKS_DIR"
 _YAML_SUFFIXES = (".yaml", ".yml")
+# Budgets against hostile specs: a task is a few hundred nodes and a chain of 2-3 includes.
+MAX_YAML_NODES = 50_000  # counted with every alias expanded (an alias bomb is tiny on disk)
+MAX_INCLUDE_DEPTH = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +121,42 @@ def _scan(dirs: Sequence[Path]) -> dict[str, Path]:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    pass
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a document whose node count, with aliases expanded, is over MAX_YAML_NODES (before
+    anything is constructed, so an alias bomb costs a pass over its distinct nodes, not its
+    expansion), or one that refers to itself."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            kids = [x for pair in node.value for x in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        else:
+            kids = []
+        if children_done:
+            size[id(node)] = total = 1 + sum(size[id(k)] for k in kids)
+            open_.discard(id(node))
+            if total > MAX_YAML_NODES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_NODES} YAML nodes once aliases are expanded "
+                                     f"(from line {node.start_mark.line + 1}); refusing to expand it")
+            continue
+        if id(node) in open_:
+            raise yaml.YAMLError(f"an alias refers to its own anchor (line {node.start_mark.line + 1})")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in size)
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -158,6 +196,8 @@ def _read_yaml(path: Path) -> Any:
         raise HarnessError(f"{_display(path)}: YAML syntax error{where}: {one_line(what)}") from None
     except yaml.YAMLError as e:
         raise HarnessError(f"{_display(path)}: YAML error: {one_line(str(e))}") from None
+    except RecursionError:
+        raise HarnessError(f"{_display(path)}: YAML nested too deeply") from None
 
 
 def _display(path: Path) -> str:
@@ -190,7 +230,11 @@ def _resolve(path: Path, data: dict, stack: list[Path]) -> tuple[dict, dict]:
     inc = data.pop("include", None)
     merged: dict = {}
     origins: dict = {}
-    for key, rel in _includes(inc, label):
+    includes = _includes(inc, label)
+    if includes and len(stack) + 1 >= MAX_INCLUDE_DEPTH:
+        chain = " -> ".join(_display(p) for p in [*stack[:2], path])
+        raise HarnessError(f"{label}: include: more than {MAX_INCLUDE_DEPTH} levels of includes ({chain} …)")
+    for key, rel in includes:
         target = (path.parent / Path(rel).expanduser()).resolve()
         if target in stack or target == path:
             chain = " -> ".join(_display(p) for p in [*stack, path, target])

@@ -306,12 +306,17 @@ class OpenAIServing:
         return {"reasoning_content": text}
 
     # ------------------------------------------------------------------------------ engine
-    async def _generate(self, prompt: _Prompt, params: SamplingParams, request_id: str, stream: bool) -> AsyncIterator[RequestOutput]:
-        """The engine's outputs for one prompt (every step when streaming, else as samples
-        finish: no per-step copies for a response sent whole); records metrics at the end."""
+    def _generate(self, prompt: _Prompt, params: SamplingParams, request_id: str, stream: bool) -> AsyncIterator[RequestOutput]:
+        """Submit one prompt to the engine now (right after `check_capacity`, with no await
+        between, so a burst cannot pass the queue bound together) and return its outputs (every
+        step when streaming, else as samples finish: no per-step copies for a response sent whole)."""
         prompt.request_ids.append(request_id)
+        return self._observed(self.engine.generate(prompt.ids, params, request_id=request_id, stream=stream))
+
+    async def _observed(self, outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
+        """The outputs passed through; the last one's error becomes a 400, else its metrics are recorded."""
         last = None
-        async for out in self.engine.generate(prompt.ids, params, request_id=request_id, stream=stream):
+        async for out in outputs:
             last = out
             yield out
         if last is not None:
