@@ -40,12 +40,18 @@ def run_lm_eval_bench(lm_eval_python: str, model: str, limit: int, data_dir: Pat
                               env=env, stdout=open(work / "serve.log", "w"), stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
+        deadline = time.monotonic() + 300
+        while True:  # the server loads the model first
+            if server.poll() is not None:
+                raise RuntimeError(f"harness serve exited ({server.returncode}); see {work / 'serve.log'}")
             try:
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.5)
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"harness serve did not come up in 300 s; see {work / 'serve.log'}")
+            time.sleep(0.5)
         lm = _run_lm_eval(lm_eval_python, resolved, url, limit, data_dir, max_tokens, work, env, log)
         ours = _run_harness(resolved, url, limit, data_dir, max_tokens, work, env, log)
     finally:
