@@ -19,6 +19,24 @@ _VERIFY_PROMPT = "<|im_start|>user\nWhat is 12 + 30? Answer briefly.<|im_end|>\n
 # GGUF → transformers conversion
 
 
+@contextlib.contextmanager
+def _gguf_bar_follows_transformers():
+    """transformers' GGUF reader draws its "Converting and de-quantizing" bar with tqdm itself,
+    past `disable_progress_bar()`: while that switch is off (`harness eval`, `serve`), keep it off."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as hf_logging
+
+    original = getattr(reader, "tqdm", None)
+    if original is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    reader.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        reader.tqdm = original
+
+
 def _load_gguf(gguf: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,8 +48,9 @@ def _load_gguf(gguf: Path):
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:  # older transformers: always dequantises
         pass
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **kwargs)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _gguf_bar_follows_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **kwargs)
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return model.eval(), tok
 
 
