@@ -18,21 +18,34 @@
     llm, async_llm   the synchronous and asyncio facades
 """
 
-from engine.async_llm import AsyncLLM
-from engine.config import EngineConfig, EngineConfigError
-from engine.llm import LLM
-from engine.llm_engine import EngineStats, LLMEngine
-from engine.sampling_params import SamplingParams
-from engine.sequence import CompletionOutput, RequestOutput
+import importlib
+from typing import Any
 
-__all__ = [
-    "AsyncLLM",
-    "CompletionOutput",
-    "EngineConfig",
-    "EngineConfigError",
-    "EngineStats",
-    "LLM",
-    "LLMEngine",
-    "RequestOutput",
-    "SamplingParams",
-]
+# Imported on first use (PEP 562), so a light submodule (engine.sampler's seeds, the server's
+# argument list) does not pull torch and the whole engine into a process that needs only it.
+_EXPORTS = {
+    "AsyncLLM": "engine.async_llm",
+    "CompletionOutput": "engine.sequence",
+    "EngineConfig": "engine.config",
+    "EngineConfigError": "engine.config",
+    "EngineStats": "engine.llm_engine",
+    "LLM": "engine.llm",
+    "LLMEngine": "engine.llm_engine",
+    "RequestOutput": "engine.sequence",
+    "SamplingParams": "engine.sampling_params",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)

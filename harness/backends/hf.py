@@ -42,6 +42,7 @@ from harness.models import (
     chat_template_hash,
     encode_prompt,
     eos_token_ids,
+    load_errors,
     load_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -210,7 +211,8 @@ class HFBackend:
         if attn_implementation:
             kw["attn_implementation"] = attn_implementation
         t0 = time.perf_counter()
-        lm = AutoModelForCausalLM.from_pretrained(str(self.model.path), **kw)
+        with load_errors(self.model, "weights"):
+            lm = AutoModelForCausalLM.from_pretrained(str(self.model.path), **kw)
         self._lm = lm.to(self.device).eval()
         self.load_seconds = time.perf_counter() - t0
 

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--batch-size", type=int, help="hf backend: rows per generate batch; engine: max_num_seqs")
-    p.add_argument("--data-dir", type=Path, default=os.environ.get("HARNESS_DATA_DIR"), help="folder with the task's data files")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with the task's data files (over the task's own dataset.files and $HARNESS_DATA_DIR)")
     p.add_argument("--include-path", type=Path, action="append", default=[], help="extra folder of task YAMLs")
     p.add_argument("--output-dir", "-o", type=Path, help="run directory (default runs/<task>/<model>/<run-id>)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -67,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         backend_options={**engine_options(args.engine_arg),
                          **{k: v for k, v in (("base_url", args.base_url), ("api_key_env", args.api_key_env)) if v}},
     )
+    from harness.cli import terminate_on_sigterm
+
+    terminate_on_sigterm()
     bar = ProgressBar(console, enabled=not args.no_progress)
     try:
         result = evaluate(opts, progress=bar, log=lambda s: console.print(s, highlight=False))

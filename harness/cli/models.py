@@ -10,7 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="models_cmd", required=True)
     msub.add_parser("list", help="presets and cache state")
     pp = msub.add_parser("pull", help="install, assemble and convert a preset into the cache")
-    pp.add_argument("name")
+    pp.add_argument("name", help="a preset name or a .gguf file")
+    pp.add_argument("--force", action="store_true", help="rebuild the cache entry even if it looks complete (repairs a damaged one)")
     p.set_defaults(func=run)
 
 
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from harness import models
 
     if args.models_cmd == "pull":
-        path = models.pull(args.name)
+        path = models.pull(args.name, force=args.force)
         print(f"{args.name}: ready at {path}")
         return 0
     from rich.console import Console

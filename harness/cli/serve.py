@@ -9,7 +9,7 @@ from harness.cli.eval import engine_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.entrypoints.openai.api_server import add_server_arguments
+    from engine.entrypoints.openai.cli_args import add_server_arguments
 
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                        description="Start the engine and an OpenAI-compatible server: /v1/completions, "

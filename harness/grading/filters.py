@@ -26,6 +26,12 @@ from harness.grading.mathtext import extract_boxed
 Step = Callable[[str], "str | None"]
 
 
+def show(v: Any) -> str:
+    """A spec value in an error message, cut short."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
 @dataclass(frozen=True)
 class FilterFunction:
     required: tuple[str, ...]
@@ -55,6 +61,8 @@ def register_filter(name: str, required: tuple[str, ...] = (), optional: tuple[s
 # one sample's extraction (recorded as its grader_error), never a hung run. The `regex` package
 # (a transformers dependency) runs re's syntax with timeouts.
 REGEX_TIMEOUT_S = 2.0
+REGEX_MAX_TIMEOUTS = 3  # then the step fails at once for the rest of the process (each failure a grader_error)
+MAX_PATTERN_CHARS = 2000
 
 
 class GradingTimeout(Exception):
@@ -62,11 +70,18 @@ class GradingTimeout(Exception):
 
 
 def _regex_step(pattern: Any, group: int | None, select: str | int) -> Step:
+    timeouts = 0
+
     def run(text: str) -> str | None:
+        nonlocal timeouts
+        if timeouts >= REGEX_MAX_TIMEOUTS:  # a pattern that backtracks on this run's texts would cost 2 s a sample
+            raise GradingTimeout(f"regex {show(pattern.pattern)} disabled after {timeouts} timeouts of "
+                                 f"{REGEX_TIMEOUT_S:g} s")
         try:
             matches = list(pattern.finditer(text, timeout=REGEX_TIMEOUT_S))
         except TimeoutError:
-            raise GradingTimeout(f"regex {pattern.pattern!r} timed out after {REGEX_TIMEOUT_S:g} s") from None
+            timeouts += 1
+            raise GradingTimeout(f"regex {show(pattern.pattern)} timed out after {REGEX_TIMEOUT_S:g} s") from None
         if not matches:
             return None
         if select == "first":
@@ -92,20 +107,22 @@ def _regex_step(pattern: Any, group: int | None, select: str | int) -> Step:
 def _regex(params: dict[str, Any], where: str) -> Step:
     pattern = params["pattern"]
     if not isinstance(pattern, str):
-        raise HarnessError(f"{where}.pattern: expected a string, got {pattern!r}")
+        raise HarnessError(f"{where}.pattern: expected a string, got {type(pattern).__name__}")
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise HarnessError(f"{where}.pattern: {len(pattern)} characters, more than the {MAX_PATTERN_CHARS} allowed")
     try:
         compiled = regex.compile(pattern)
     except regex.error as e:
-        raise HarnessError(f"{where}.pattern: bad regex {pattern!r}: {e}") from None
+        raise HarnessError(f"{where}.pattern: bad regex {show(pattern)}: {e}") from None
     group = params.get("group")
     if group is not None:
         if isinstance(group, bool) or not isinstance(group, int) or group < 0:
-            raise HarnessError(f"{where}.group: expected a group number >= 0, got {group!r}")
+            raise HarnessError(f"{where}.group: expected a group number >= 0, got {show(group)}")
         if group > compiled.groups:
             raise HarnessError(f"{where}.group: {group} but the pattern has {compiled.groups} group(s)")
     sel = params.get("select", "first")
     if sel not in ("first", "last") and (isinstance(sel, bool) or not isinstance(sel, int)):
-        raise HarnessError(f"{where}.select: expected first, last or a match index, got {sel!r}")
+        raise HarnessError(f"{where}.select: expected first, last or a match index, got {show(sel)}")
     return _regex_step(compiled, group, sel)
 
 
@@ -194,7 +211,7 @@ class Filter:
 
 def _validate_step(where: str, step: Any) -> Step:
     if not isinstance(step, dict):
-        raise HarnessError(f"{where}: expected a mapping like {{function: regex, ...}}, got {step!r}")
+        raise HarnessError(f"{where}: expected a mapping like {{function: regex, ...}}, got {show(step)}")
     if "function" not in step:
         raise HarnessError(f"{where}: missing key 'function'")
     fn = step["function"]
@@ -220,18 +237,18 @@ def build_filters(filters_spec: list[dict]) -> dict[str, Filter]:
     for i, fspec in enumerate(filters_spec):
         where = f"filters[{i}]"
         if not isinstance(fspec, dict):
-            raise HarnessError(f"{where}: expected a mapping {{name, steps}}, got {fspec!r}")
+            raise HarnessError(f"{where}: expected a mapping {{name, steps}}, got {show(fspec)}")
         for key in fspec:
             if key not in ("name", "steps"):
                 raise HarnessError(f"{where}: unknown key {key!r} (allowed: name, steps)")
         name = fspec.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise HarnessError(f"{where}.name: expected a non-empty string, got {name!r}")
+            raise HarnessError(f"{where}.name: expected a non-empty string, got {show(name)}")
         if name in filters:
             raise HarnessError(f"{where}.name: duplicate filter name {name!r}")
         steps = fspec.get("steps")
         if not isinstance(steps, list) or not steps:
-            raise HarnessError(f"{where}.steps: expected a non-empty list of steps, got {steps!r}")
+            raise HarnessError(f"{where}.steps: expected a non-empty list of steps, got {show(steps)}")
         built = tuple(_validate_step(f"{where}.steps[{j}]", s) for j, s in enumerate(steps))
         filters[name] = Filter(name, built, tuple(dict(s) for s in steps))
     return filters

@@ -44,7 +44,7 @@ class Grader:
         that would otherwise score every sample of that problem wrong). For loaders to check up front."""
         key = self.comparator.key(gold)
         if key is None:
-            raise HarnessError(f"gold answer {gold!r} is not a valid {self.comparator.name} answer")
+            raise HarnessError(f"gold answer {gold[:80]!r} is not a valid {self.comparator.name} answer")
         return key
 
     def grade(self, text: str, gold: str) -> dict[str, GradeResult]:

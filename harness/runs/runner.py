@@ -88,6 +88,12 @@ def sample_seed(run_seed: int, doc_id: str, sample_idx: int) -> int:
 
 def evaluate(opts: EvalOptions, progress: Progress | None = None, log: Callable[[str], None] = print) -> EvalResult:
     prep = prepare(opts)
+    for split, d in prep.data.items():
+        log(f"data {split}: {d['source']} (sha256 {d['sha256'][:12]})")
+    failures = check_docs(prep)
+    if failures and len(failures) == len(prep.docs):  # a broken spec: say so before any model loads
+        doc_id, err = failures[0]
+        raise HarnessError(f"none of the {len(prep.docs)} problems can run (e.g. doc {doc_id}: {err})")
     from harness.backends import resolve_backend_model
     from harness.models import quiet_transformers
 
@@ -117,8 +123,6 @@ def _generate(opts: EvalOptions, prep: Prepared, model: Any, rd: RunDir, progres
         on_disk = sum(1 for d in prep.docs for i in range(params.n) if (str(d["doc_id"]), i) in done)
         log(f"{prep.spec.name}: {len(prep.docs)} problems × {params.n} samples; {on_disk} already on disk, "
             f"{total - on_disk} to generate")
-        for split, d in prep.data.items():
-            log(f"data {split}: {d['source']} (sha256 {d['sha256'][:12]})")
         reqs = build_requests(prep, backend.tokenizer, done)
         write_text_atomic(rd.path / "docs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reqs.doc_rows))
         for c in reqs.failed[:1]:
@@ -164,6 +168,30 @@ def prepare(opts: EvalOptions) -> Prepared:
         fewshot_docs = shots.docs
         provenance[spec.dataset.fewshot_split] = {"source": shots.source, "sha256": shots.sha256}
     return Prepared(spec, grader, docs, fewshot_docs, provenance)
+
+
+def check_docs(prep: Prepared) -> list[tuple[str, str]]:
+    """(doc id, one-line error) of every doc whose prompt or gold answer cannot be built, without a
+    tokenizer (a chat template's own failures show only once the model's tokenizer is loaded)."""
+    from harness.tasks.prompts import PromptBuilder
+
+    from harness.tasks.templating import RenderTimeout
+
+    builder = PromptBuilder(prep.spec, None, prep.fewshot_docs)
+    failures = []
+    slow = 0
+    for doc in prep.docs:
+        try:
+            builder.build(doc)
+            prep.grader.gold_key(builder.render_target(doc))
+        except RenderTimeout as e:
+            slow += 1
+            if slow >= 3:  # a template that loops for seconds on a doc: the spec's fault, not the doc's
+                raise HarnessError(f"{e}; the same on {slow} problems: refusing the task") from None
+            failures.append((str(doc["doc_id"]), str(e)))
+        except HarnessError as e:
+            failures.append((str(doc["doc_id"]), str(e)))
+    return failures
 
 
 def _open_run_dir(opts: EvalOptions, prep: Prepared, model: Any) -> RunDir:

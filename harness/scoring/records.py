@@ -8,6 +8,7 @@ torn last line (a process killed mid-write) is ignored by readers and cut by the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -142,12 +143,17 @@ def read_samples(path: Path) -> list[dict]:
 
 
 class SampleWriter:
-    """Appends one line per finished sample; each line is on disk (fsync) before the next starts."""
+    """Appends one line per finished sample; each line is on disk (fsync) before the next starts.
+
+    A line is one os.write of its bytes. When the disk is full (or a file-size limit is hit) the
+    file is cut back to the last complete line and HarnessError says how many samples are safe, so
+    the run directory stays resumable."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.written = 0
         self._truncate_torn_tail()
-        self._f = open(path, "a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _truncate_torn_tail(self) -> None:
         if not self.path.exists():
@@ -159,12 +165,26 @@ class SampleWriter:
                 f.truncate(end)
 
     def write(self, record: SampleRecord) -> None:
-        self._f.write(json.dumps(record.to_dict(), ensure_ascii=False, default=json_default) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        line = (json.dumps(record.to_dict(), ensure_ascii=False, default=json_default) + "\n").encode("utf-8")
+        end = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, end)
+            raise HarnessError(
+                f"{self.path}: cannot write sample {record.doc_id}/{record.sample_idx}: {e.strerror or e}; the "
+                f"{self.written} samples written before it in this run are intact; make room and rerun the same "
+                "command to resume") from None
+        self.written += 1
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> "SampleWriter":
         return self

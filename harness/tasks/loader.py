@@ -5,7 +5,10 @@ first match wins; files and folders starting with "." or "_" are skipped, so `_b
 fragment), or given by the path of its YAML file. YAML is read with duplicate keys as errors.
 
 `include: path | [path, …]` (relative to the including file) merges those files under this one:
-included in order, then this file on top. Mappings merge deeply; everything else (lists included)
+included in order, then this file on top. An included file must lie inside a task folder: one of the
+search folders above, or the folder of a task file given by path; anything else (`../../etc/…`, a
+symlink out of the tree) is refused before it is read. Errors name files and keys, never a file's
+contents. Mappings merge deeply; everything else (lists included)
 is replaced. A task's name (`task:`) is never inherited. Every key remembers the file that set it,
 so a validation error (harness.tasks.errors) names that file: `<file>: <key path>: <problem>`.
 """
@@ -29,6 +32,8 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 # Budgets against hostile specs: a task is a few hundred nodes and a chain of 2-3 includes.
 MAX_YAML_NODES = 50_000  # counted with every alias expanded (an alias bomb is tiny on disk)
 MAX_INCLUDE_DEPTH = 16
+MAX_INCLUDED_FILES = 64  # reads per task, a file included twice counted twice (diamonds amplify too)
+MAX_TASK_FILE_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,13 +45,14 @@ def load_task(name_or_path: str | os.PathLike, include_paths: Iterable[str | os.
     <project>/tasks; the first match wins) or by the path of a YAML file."""
     s = str(name_or_path)
     p = Path(s).expanduser()
+    dirs = task_dirs(include_paths)
     if s.endswith(_YAML_SUFFIXES) or "/" in s or os.sep in s or p.is_file():
         if not p.is_file():
             raise HarnessError(f"task file not found: {s}")
-        return _load_file(p)
-    index = _scan(task_dirs(include_paths))
+        return _load_file(p, [p.resolve().parent, *dirs])
+    index = _scan(dirs)
     if s in index:
-        return _load_file(index[s])
+        return _load_file(index[s], dirs)
     hint = suggest(s, list(index))
     known = ", ".join(sorted(index)) or "none"
     raise HarnessError(f"unknown task {s!r}{hint}; known tasks: {known}")
@@ -57,8 +63,9 @@ def list_tasks(include_paths: Iterable[str | os.PathLike] | None = ()) -> list[t
     Every listed task is fully loaded, so a broken one is reported here rather than at eval."""
     index = _scan(task_dirs(include_paths))
     out = []
+    dirs = task_dirs(include_paths)
     for name in sorted(index):
-        spec = _load_file(index[name])
+        spec = _load_file(index[name], dirs)
         out.append((name, spec.description, index[name]))
     return out
 
@@ -182,6 +189,9 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _read_yaml(path: Path) -> Any:
     try:
+        size = path.stat().st_size
+        if size > MAX_TASK_FILE_BYTES:
+            raise HarnessError(f"{_display(path)}: {size} bytes, more than the {MAX_TASK_FILE_BYTES} a task file may have")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise HarnessError(f"{_display(path)}: cannot read: {e.strerror or e}") from None
@@ -212,18 +222,45 @@ def _display(path: Path) -> str:
 # Resolving includes
 
 
-def _load_file(path: Path) -> TaskSpec:
+def _load_file(path: Path, roots: Sequence[Path]) -> TaskSpec:
+    """The task in `path`; its includes must lie under one of `roots` (the task folders)."""
     path = path.resolve()
     data = _read_yaml(path)
     if not isinstance(data, dict):
-        raise HarnessError(f"{_display(path)}: expected a mapping of task keys at the top, got {show(data)}")
+        raise HarnessError(f"{_display(path)}: expected a mapping of task keys at the top, got {_kind(data)}")
     if "task" not in data:
         raise HarnessError(f"{_display(path)}: task: missing (every task file names itself with 'task: <name>')")
-    raw, origins = _resolve(path, data, [])
+    walk = _Includes([r.resolve() for r in roots])
+    raw, origins = _resolve(path, data, [], walk)
     return build(raw, origins, path, default_origin=_display(path))
 
 
-def _resolve(path: Path, data: dict, stack: list[Path]) -> tuple[dict, dict]:
+class _Includes:
+    """The state of one task's include walk: where includes may point, how many were read."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = roots
+        self.reads = 0
+
+    def check(self, label: str, key: str, rel: str, target: Path) -> None:
+        if not any(target.is_relative_to(r) for r in self.roots):
+            folders = ", ".join(_display(r) for r in self.roots)
+            raise HarnessError(f"{label}: {key}: {rel} is outside the task folders ({folders}); an include must name a "
+                               "file under them (add its folder with --include-path)")
+        self.reads += 1
+        if self.reads > MAX_INCLUDED_FILES:
+            raise HarnessError(f"{label}: {key}: more than {MAX_INCLUDED_FILES} included files in one task")
+
+
+def _kind(v: Any) -> str:
+    """What a YAML document is, without echoing it (it may be a file that is not a task at all)."""
+    if v is None:
+        return "an empty document"
+    return {str: "a string", list: "a list", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(v), type(v).__name__)
+
+
+def _resolve(path: Path, data: dict, stack: list[Path], walk: _Includes) -> tuple[dict, dict]:
     """Merge the includes of `data` (read from `path`) under it; origins: key path → file label."""
     label = _display(path)
     data = dict(data)
@@ -239,14 +276,15 @@ def _resolve(path: Path, data: dict, stack: list[Path]) -> tuple[dict, dict]:
         if target in stack or target == path:
             chain = " -> ".join(_display(p) for p in [*stack, path, target])
             raise HarnessError(f"{label}: {key}: include cycle: {chain}")
+        walk.check(label, key, rel, target)
         if not target.is_file():
             raise HarnessError(f"{label}: {key}: file not found: {rel} (looked for {_display(target)})")
         sub = _read_yaml(target)
         if sub is None:
             sub = {}
         if not isinstance(sub, dict):
-            raise HarnessError(f"{_display(target)}: expected a mapping of task keys at the top, got {show(sub)}")
-        sub_raw, sub_origins = _resolve(target, sub, [*stack, path])
+            raise HarnessError(f"{_display(target)}: expected a mapping of task keys at the top, got {_kind(sub)}")
+        sub_raw, sub_origins = _resolve(target, sub, [*stack, path], walk)
         sub_raw.pop("task", None)  # a task's name is never inherited
         forget(sub_origins, ("task",))
         merged = _merge(merged, sub_raw, origins, sub_origins, ())

@@ -30,6 +30,11 @@ from harness.tasks.errors import Invalid, KeyPath, Wording, describe, forget, pa
 from harness.tasks.templating import check_template
 
 DEFAULT_SEED = 1234
+# Bounds against hostile or mistaken specs (sampling's own are on SamplingParams): one-line errors
+# naming the key, never a run sized by an absurd value. Far above any real task's needs.
+MAX_FEWSHOT = 128
+MAX_FILTERS = 32
+MAX_STEPS = 32
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _CONFIG = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -111,7 +116,7 @@ Exemplar = Annotated[dict[StrictStr, Any], Field(min_length=1), Wording("a mappi
 
 
 class FewshotSpec(_Model):
-    num: NonNegativeInt = 0
+    num: Annotated[StrictInt, Field(ge=0, le=MAX_FEWSHOT)] = 0
     """How many solved shots precede the question."""
     source: FewshotSource = "exemplars"
     """Where shots come from; default: split when num > 0 and there are no exemplars."""
@@ -174,8 +179,8 @@ class FilterSpec(TypedDict):
 
     name: Annotated[StrictStr, Field(pattern=_NAME_PATTERN),
                     Wording(invalid="filter name (letters, digits, '.', '_', '-')")]
-    steps: Annotated[list[Annotated[StepSpec, Wording("a mapping with a 'function' key")]], Field(min_length=1),
-                     Wording("a non-empty list of steps")]
+    steps: Annotated[list[Annotated[StepSpec, Wording("a mapping with a 'function' key")]],
+                     Field(min_length=1, max_length=MAX_STEPS), Wording("a non-empty list of steps")]
 
 
 class ScoringSpec(_Model):
@@ -244,7 +249,7 @@ class TaskSpec(_Model):
     prompt: PromptSpec
     sampling: Annotated[SamplingParams, BeforeValidator(_sampling_input), AfterValidator(_unique_stops)] = (
         SamplingParams(seed=DEFAULT_SEED))
-    filters: Annotated[list[FilterSpec], Field(min_length=1), AfterValidator(_check_filters),
+    filters: Annotated[list[FilterSpec], Field(min_length=1, max_length=MAX_FILTERS), AfterValidator(_check_filters),
                        Wording("a non-empty list of {name, steps} mappings")]
     """Answer extractors, names unique (plain dicts: harness.grading.build_filters takes them)."""
     scoring: ScoringSpec = ScoringSpec()

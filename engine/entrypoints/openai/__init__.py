@@ -4,4 +4,5 @@
     serving      completions / chat completions over AsyncLLM: params, streaming, logprobs, echo
     metrics      Prometheus metrics (`/metrics`)
     api_server   the FastAPI app, its routes, and running it with uvicorn
+    cli_args     the server's command-line options (argparse only)
 """

@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from engine.async_llm import AsyncLLM
+from engine.entrypoints.openai.cli_args import add_server_arguments
 from engine.entrypoints.openai.metrics import ServerMetrics
 from engine.entrypoints.openai.protocol import (
     APIError,
@@ -180,18 +181,6 @@ def serve(engine: AsyncLLM, config: ServingConfig, *, host: str = "127.0.0.1", p
     logger.info("serving %s on http://%s:%d", config.served_model_name, host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout,
                 timeout_keep_alive=KEEP_ALIVE_S)
-
-
-def add_server_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 routes")
-    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: the model)")
-    p.add_argument("--max-waiting", type=int, default=1024, help="waiting requests beyond which new ones get 429")
-    p.add_argument("--reasoning-parser", choices=["think"], default=None,
-                   help="think: return <think>…</think> as message.reasoning_content")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get on SIGTERM")
-    p.add_argument("--log-level", default="info")
 
 
 def main(argv: list[str] | None = None) -> int:
