@@ -100,6 +100,24 @@ class AsyncLLM:
     def abort(self, request_id: str) -> None:
         self._submit(("abort", request_id))
 
+    # RL: run on the engine loop between steps, so no step is in flight (each needs no request running)
+    async def load_weights(self, weights) -> int:
+        return await self._call(self.engine.load_weights, list(weights))
+
+    async def reset_prefix_cache(self) -> bool:
+        return await self._call(self.engine.reset_prefix_cache)
+
+    async def sleep(self, level: int = 1) -> None:
+        await self._call(self.engine.sleep, level)
+
+    async def wake_up(self) -> None:
+        await self._call(self.engine.wake_up)
+
+    async def _call(self, fn, *args):
+        future = asyncio.get_running_loop().create_future()
+        self._submit(("call", fn, args, future))
+        return await future
+
     def _submit(self, command: tuple) -> None:
         self._commands.append(command)
         if self._task is None or self._task.done():
@@ -115,6 +133,12 @@ class AsyncLLM:
                 for cmd in commands:
                     if cmd[0] == "add":
                         engine.add_request(cmd[1], cmd[2], cmd[3], stream=cmd[4])
+                    elif cmd[0] == "call":
+                        _, fn, args, future = cmd
+                        try:
+                            future.set_result(await asyncio.to_thread(fn, *args))
+                        except Exception as exc:  # noqa: BLE001 - the caller's error, not the loop's
+                            future.set_exception(exc)
                     else:
                         engine.abort_request(cmd[1])
                 if not engine.has_unfinished_requests():

@@ -124,6 +124,17 @@ class BlockManager:
         self.peak_used_blocks = max(self.peak_used_blocks, self.num_used_blocks)
 
     # --- prefix cache -----------------------------------------------------------------------
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block (after a weight update their K/V is stale). Only when no
+        block is in use, as vLLM: False (nothing changed) while a request holds blocks."""
+        if self.num_used_blocks:
+            return False
+        for block_id, key in enumerate(self.block_key):
+            if key is not None:
+                self._uncache(block_id)
+        assert not self.cache and all(self.clean)
+        return True
+
     def find_cached_prefix(self, token_ids: list[int], max_tokens: int) -> list[int]:
         """Block ids caching the longest prefix of token_ids made of full blocks, at most
         max_tokens tokens long. No side effects: `acquire_prefix` takes them."""

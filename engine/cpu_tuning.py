@@ -30,6 +30,20 @@ def keep_freed_memory() -> None:
         pass
 
 
+def trim_heap() -> None:
+    """glibc only: return the heap's free pages to the OS now (keep_freed_memory turned automatic
+    trimming off; a released KV pool is the one time the memory should go back)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def onednn_available() -> bool:
     return _onednn_linear is not None and torch.backends.mkldnn.is_available()
 

@@ -62,3 +62,17 @@ class LLM:
 
     def has_unfinished_requests(self) -> bool:
         return self.engine.has_unfinished_requests()
+
+    # RL: weight updates and memory between rollout phases (see LLMEngine)
+    def load_weights(self, weights) -> int:
+        return self.engine.load_weights(weights)
+
+    def reset_prefix_cache(self) -> bool:
+        return self.engine.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        self.engine.sleep(level)
+
+    def wake_up(self) -> None:
+        self.engine.wake_up()
+

@@ -69,6 +69,8 @@ class LLMEngine:
                               generated_tokens=0, forward_s=0.0, sample_s=0.0)
         self._first_step: float | None = None
         self._last_step: float | None = None
+        self._asleep = 0  # sleep level, 0 when awake
+        self._weights_version = 0
 
     # --- requests ---------------------------------------------------------------------------
     def add_request(
@@ -82,6 +84,8 @@ class LLMEngine:
     ) -> str:
         """Queue a request. One that can never run becomes an error result (reported by the next
         `step`); it never raises for a too-long prompt."""
+        if self._asleep:
+            raise RuntimeError("the engine is asleep: call wake_up() before adding requests")
         params = params or SamplingParams()
         request_id = str(next(self._ids)) if request_id is None else request_id
         if isinstance(prompt, str):
@@ -135,6 +139,52 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._pending)
+
+    # --- weights and memory between rollout phases (RL) ---------------------------------------
+    def load_weights(self, weights) -> int:
+        """Update the model in place from (HF parameter name, tensor) pairs, then forget the
+        prefix cache: a block computed by the old weights must never serve a new request.
+        Between requests only (their K/V would mix two models)."""
+        self._require_idle("load_weights")
+        count = self.runner.load_weights(weights)
+        assert self.block_manager.reset_prefix_cache()
+        self._weights_version += 1
+        return count
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix block; False (nothing done) while requests hold blocks."""
+        return self.block_manager.reset_prefix_cache()
+
+    def sleep(self, level: int = 1) -> None:
+        """Release the KV pool (level 1) and the weights too (level 2; wake_up reloads them from
+        the checkpoint, so call load_weights after it to restore trained ones), between phases."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        self._require_idle("sleep")
+        if self._asleep:
+            return
+        assert self.block_manager.reset_prefix_cache()
+        self.runner.release_kv()
+        if level == 2:
+            self.runner.release_weights()
+        self._asleep = level
+
+    def wake_up(self) -> None:
+        if not self._asleep:
+            return
+        if self._asleep == 2:
+            self.runner.reload_weights()
+        self.runner.allocate_kv()
+        self._asleep = 0
+
+    @property
+    def is_sleeping(self) -> bool:
+        return bool(self._asleep)
+
+    def _require_idle(self, what: str) -> None:
+        if self.has_unfinished_requests():
+            raise RuntimeError(f"{what}: {self.scheduler.num_running_seqs()} sequences are still running; "
+                               "finish or abort every request first")
 
     # --- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -194,6 +244,14 @@ class LLMEngine:
         want = [p.logprobs for p in ps if p.logprobs is not None]
         if want:
             chosen, top_vals, top_ids = sampler.logprobs(logits, tokens, max(want))
+            processed = [i for i, p in enumerate(ps) if p.logprobs is not None and p.logprobs_mode == "processed"]
+            if processed:
+                r = torch.tensor(processed, device=dev)
+                c2, v2, i2 = sampler.processed_logprobs(logits[r], temperature[r], top_k[r], top_p[r], min_p[r],
+                                                        tokens[r], max(want))
+                chosen[r] = c2
+                if top_vals is not None:
+                    top_vals[r], top_ids[r] = v2, i2
             info = [chosen.tolist()]
             if top_vals is not None:
                 info += [top_vals.tolist(), top_ids.tolist()]

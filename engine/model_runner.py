@@ -20,28 +20,33 @@ import torch
 
 from engine.attention import ATTN_NAME, AttentionMetadata, register_attention
 from engine.config import EngineConfig, EngineConfigError
-from engine.cpu_tuning import keep_freed_memory, use_onednn_linears
+from engine.cpu_tuning import keep_freed_memory, trim_heap, use_onednn_linears
 from engine.scheduler import ScheduledBatch
 from kernels.backend import get_ops
 from kernels.paged_attention import plan_decode
 
 
+def _give_back_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        trim_heap()
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig, hf_config):
-        from transformers import AutoModelForCausalLM
-
         register_attention()
         self.config = config
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.block_size = config.block_size
-        self.model = AutoModelForCausalLM.from_pretrained(
-            config.model, config=hf_config, dtype=self.dtype, attn_implementation=ATTN_NAME,
-            trust_remote_code=config.trust_remote_code,
-        ).to(self.device).eval()
+        self.hf_config = hf_config
+        self._load_model()
         if self.device.type == "cpu":
             keep_freed_memory()
-            use_onednn_linears(self.model)
         text = self.model.config.get_text_config()
         self.num_layers = text.num_hidden_layers
         self.num_kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
@@ -49,15 +54,61 @@ class ModelRunner:
         self.supports_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.ops = get_ops(config.attention_backend, self.device)
         self.num_blocks = self._decide_num_blocks()
+        self.allocate_kv()
+
+    def _load_model(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.config
+        self.model = AutoModelForCausalLM.from_pretrained(
+            cfg.model, config=self.hf_config, dtype=self.dtype, attn_implementation=ATTN_NAME,
+            trust_remote_code=cfg.trust_remote_code,
+        ).to(self.device).eval()
+        if self.device.type == "cpu":
+            use_onednn_linears(self.model)  # same Parameter objects: load_weights updates them in place
+
+    # --- the KV pool and the weights between rollout phases (LLMEngine.sleep / wake_up) -------
+    def allocate_kv(self) -> None:
         shape = (self.num_layers, 2, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(self.num_layers)]
         self.graphs = None  # CUDA graphs of decode steps (engine/cuda_graphs.py; unvalidated)
-        if self.device.type == "cuda" and self.ops.name == "triton" and not config.enforce_eager:
+        if self.device.type == "cuda" and self.ops.name == "triton" and not self.config.enforce_eager:
             from engine.cuda_graphs import capture_decode_graphs
 
             with torch.inference_mode():
-                self.graphs = capture_decode_graphs(self, config.max_num_seqs)
+                self.graphs = capture_decode_graphs(self, self.config.max_num_seqs)
+
+    def release_kv(self) -> None:
+        """Give the KV pool's memory back (the graphs hold its addresses: they go too)."""
+        self.kv_cache, self.kv_caches, self.graphs = None, [], None
+        _give_back_memory(self.device)
+
+    def release_weights(self) -> None:
+        self.model = None
+        _give_back_memory(self.device)
+
+    def reload_weights(self) -> None:
+        self._load_model()
+
+    @torch.no_grad()
+    def load_weights(self, weights) -> int:
+        """Copy (name, tensor) pairs into the model's parameters in place: HF parameter names,
+        shapes checked, dtype and device cast. Tied parameters are one object under two names,
+        so updating either keeps them tied. Returns how many tensors were loaded."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        count = 0
+        for name, tensor in weights:
+            p = params.get(name)
+            if p is None:
+                near = [k for k in params if k.endswith(name.split(".", 1)[-1])][:1]
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(f"load_weights: the model has no parameter {name!r}{hint}")
+            if tuple(tensor.shape) != tuple(p.shape):
+                raise ValueError(f"load_weights: {name}: shape {tuple(tensor.shape)} does not match the model's {tuple(p.shape)}")
+            p.copy_(tensor.detach().to(device=p.device, dtype=p.dtype))
+            count += 1
+        return count
 
     @property
     def bytes_per_block(self) -> int:

@@ -149,3 +149,32 @@ def logprobs(logits: torch.Tensor, chosen: torch.Tensor, num_top: int = 0) -> tu
         return chosen_lp, None, None
     top_vals, top_ids = torch.topk(logp, min(num_top, logp.shape[-1]), dim=-1)
     return chosen_lp, top_vals, top_ids
+
+
+def processed_logprobs(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor,
+    chosen: torch.Tensor, num_top: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probabilities under the distribution `sample` draws from: logits / temperature, the
+    top-k / top-p / min-p filters (`_keep_mask` on the whole sorted vocabulary), renormalised;
+    filtered-out tokens get -inf. A greedy row (temperature 0) is a point mass: 0 for its token.
+    What RL importance ratios need when the sampler is not the raw model (logprobs_mode processed)."""
+    logits = logits.float()
+    greedy = temperature <= 0
+    t = torch.where(greedy, torch.ones_like(temperature), temperature).to(logits.dtype)
+    vals, idx = _sorted_top(logits / t.unsqueeze(1), logits.shape[-1])
+    probs = torch.softmax(vals.double(), dim=-1)
+    keep = _keep_mask(probs, top_k, top_p.double(), min_p.double())
+    kept = torch.where(keep, probs, torch.zeros_like(probs))
+    logp_sorted = torch.log(kept) - torch.log(kept.sum(-1, keepdim=True))
+    if bool(greedy.any()):  # the argmax is first in the stable descending order
+        point = torch.full_like(logp_sorted, float("-inf"))
+        point[:, 0] = 0.0
+        logp_sorted = torch.where(greedy.unsqueeze(1), point, logp_sorted)
+    logp = torch.empty_like(logp_sorted).scatter_(1, idx, logp_sorted).float()
+    chosen_lp = logp.gather(1, chosen.view(-1, 1).to(logp.device)).squeeze(1)
+    if num_top <= 0:
+        return chosen_lp, None, None
+    top_vals, top_ids = torch.topk(logp, min(num_top, logp.shape[-1]), dim=-1)
+    return chosen_lp, top_vals, top_ids
+

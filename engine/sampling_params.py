@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+LOGPROBS_MODES = ("raw", "processed")
+
+
 @dataclass(slots=True)
 class SamplingParams:
     n: int = 1  # samples per prompt; the prompt is prefilled once and the samples fork from it
@@ -22,6 +25,9 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: none; 0: chosen token only; k: plus the top-k alternatives
+    # raw: log-softmax of the model's logits; processed: of the distribution actually sampled from
+    # (temperature, top-k, top-p, min-p applied and renormalised; a greedy draw has logprob 0)
+    logprobs_mode: str = "raw"
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (no prefix-cache reuse)
     skip_special_tokens: bool = True
 
@@ -48,6 +54,8 @@ class SamplingParams:
                 raise ValueError(f"seeds has {len(self.seeds)} entries but n={self.n}")
         if self.logprobs is not None and self.logprobs < 0:
             raise ValueError(f"logprobs must be None or >= 0, got {self.logprobs}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
         if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
             raise ValueError(f"prompt_logprobs must be None or >= 0, got {self.prompt_logprobs}")
 

@@ -68,6 +68,7 @@ class EngineBackend:
         gpu_memory_utilization: float = 0.9,
         seed: int = 0,
         asynchronous: bool = False,  # also an AsyncLLM over the engine (`harness serve`)
+        logprobs_mode: str = "raw",  # of requested logprobs: raw model or processed (sampled) distribution
         **_: Any,
     ):
         from engine import AsyncLLM, EngineConfig, EngineConfigError, LLMEngine
@@ -99,6 +100,7 @@ class EngineBackend:
         self.engine.eos_token_ids.update(eos_token_ids([], self._tok, (self.model.preset or {}).get("eos_tokens") or ()))
         self.async_engine = AsyncLLM(engine=self.engine) if asynchronous else None
         self._ids = itertools.count()
+        self.logprobs_mode = logprobs_mode
         self._eos_ids, self._num_blocks = set(self.engine.eos_token_ids), self.engine.block_manager.num_blocks
 
     @property
@@ -157,7 +159,7 @@ class EngineBackend:
                 params = SamplingParams(
                     n=len(req.sample_indices), temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
                     min_p=p.min_p, max_tokens=max(1, min(p.max_tokens, room)), seeds=list(req.seeds),
-                    stop=list(p.stop), logprobs=p.logprobs, ignore_eos=p.ignore_eos,
+                    stop=list(p.stop), logprobs=p.logprobs, ignore_eos=p.ignore_eos, logprobs_mode=self.logprobs_mode,
                 )
             except ValueError as e:
                 yield from self._errors(req, str(e), len(ids))

@@ -3,6 +3,7 @@
     eval      evaluate a model on a task (and resume)        harness.cli.eval
     tasks     list tasks                                     harness.cli.tasks
     validate  check specs, data and prompts (no model)       harness.cli.validate
+    rollout   RL rollouts: token ids, logprobs, rewards      harness.cli.rollout
     models    presets and the model cache                    harness.cli.models
     compare   runs side by side, paired statistics           harness.cli.compare
     regress   the CI gate against a baseline                 harness.cli.regress
@@ -25,7 +26,7 @@ from typing import Sequence
 
 from harness import HarnessError, __version__
 
-COMMANDS = ("eval", "tasks", "validate", "models", "compare", "regress", "report", "bench", "serve")
+COMMANDS = ("eval", "tasks", "validate", "rollout", "models", "compare", "regress", "report", "bench", "serve")
 
 
 class Terminated(BaseException):

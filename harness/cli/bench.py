@@ -67,6 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     le.add_argument("--out", type=Path, default=DEFAULT_OUT)
     le.set_defaults(func=cmd_lm_eval)
 
+    ro = bsub.add_parser("rollout", help="RL rollouts: harness rollout on the engine vs HF generate(num_return_sequences)")
+    ro.add_argument("--model", default="qwen2.5-coder-0.5b-instruct")
+    ro.add_argument("--task", default="gsm8k-cot-zeroshot")
+    ro.add_argument("--limit", type=int, default=4)
+    ro.add_argument("-n", type=int, default=8)
+    ro.add_argument("--max-tokens", type=int, default=192)
+    ro.add_argument("--temperature", type=float, default=1.0)
+    ro.add_argument("--top-p", type=float, default=1.0)
+    ro.add_argument("--data-dir", type=Path, default=None)
+    ro.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ro.set_defaults(func=cmd_rollout)
+
     # harness.bench.kernels (Triton, imported only when this command runs) parses its own options: this
     # parser takes every argument verbatim (no prefix characters, so "--x" is not an option here)
     kp = bsub.add_parser("kernels", help="attention kernel micro-benchmark (harness.bench.kernels)", add_help=False,
@@ -86,9 +98,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"serve-{slug(result['workload']['model'])}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(serve.markdown(result))
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(serve.markdown(result))
     print(serve.markdown(result))
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.bench import rollout
+
+    result = rollout.run_rollout_bench(args.model, args.task, args.limit, args.n, args.max_tokens, args.temperature,
+                                       args.top_p, args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"rollout-{slug(result['workload']['model'])}"
+    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(rollout.markdown(result))
+    print(rollout.markdown(result))
     print(f"wrote {stem}.json and {stem}.md")
     return 0
 

@@ -142,18 +142,20 @@ def read_samples(path: Path) -> list[dict]:
     return rows
 
 
-class SampleWriter:
-    """Appends one line per finished sample; each line is on disk (fsync) before the next starts.
+class JsonlWriter:
+    """Appends one JSON object per line; each line is on disk (fsync) before the next starts.
 
     A line is one os.write of its bytes. When the disk is full (or a file-size limit is hit) the
-    file is cut back to the last complete line and HarnessError says how many samples are safe, so
-    the run directory stays resumable."""
+    file is cut back to the last complete line and HarnessError says how many lines are safe, so
+    the file stays resumable. A torn last line (a process killed mid-write) is cut off on open."""
+
+    what = "line"
 
     def __init__(self, path: Path):
-        self.path = path
+        self.path = Path(path)
         self.written = 0
         self._truncate_torn_tail()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _truncate_torn_tail(self) -> None:
         if not self.path.exists():
@@ -164,8 +166,8 @@ class SampleWriter:
             if end != len(data):
                 f.truncate(end)
 
-    def write(self, record: SampleRecord) -> None:
-        line = (json.dumps(record.to_dict(), ensure_ascii=False, default=json_default) + "\n").encode("utf-8")
+    def write_obj(self, obj: dict, label: str = "") -> None:
+        line = (json.dumps(obj, ensure_ascii=False, default=json_default) + "\n").encode("utf-8")
         end = os.fstat(self._fd).st_size
         try:
             view = memoryview(line)
@@ -176,9 +178,8 @@ class SampleWriter:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, end)
             raise HarnessError(
-                f"{self.path}: cannot write sample {record.doc_id}/{record.sample_idx}: {e.strerror or e}; the "
-                f"{self.written} samples written before it in this run are intact; make room and rerun the same "
-                "command to resume") from None
+                f"{self.path}: cannot write {self.what} {label}: {e.strerror or e}; the {self.written} {self.what}s "
+                "written before it in this run are intact; make room and rerun the same command to resume") from None
         self.written += 1
 
     def close(self) -> None:
@@ -186,11 +187,20 @@ class SampleWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "SampleWriter":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SampleWriter(JsonlWriter):
+    """samples.jsonl: one SampleRecord per line (JsonlWriter's guarantees)."""
+
+    what = "sample"
+
+    def write(self, record: SampleRecord) -> None:
+        self.write_obj(record.to_dict(), f"{record.doc_id}/{record.sample_idx}")
 
 
 def doc_sort_key(doc_id: object) -> tuple:
