@@ -11,7 +11,6 @@ missing. Elsewhere: two evals on one run directory (test_eval_e2e), a malformed 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
