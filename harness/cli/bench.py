@@ -88,7 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import json
 
     from harness.bench import serve
 
@@ -96,29 +95,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise HarnessError("--clients, --single and --max-tokens must be positive")
     result = serve.run_serve_bench(args.model, clients=args.clients, max_tokens=args.max_tokens, single=args.single,
                                    data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"serve-{slug(result['workload']['model'])}"
-    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(f"{stem}.md").write_text(serve.markdown(result))
-    print(serve.markdown(result))
-    print(f"wrote {stem}.json and {stem}.md")
+    return _write_report(args.out, f"serve-{slug(result['workload']['model'])}", result, serve.markdown(result))
+
+
+def _write_report(out: Path, stem: str, result: dict, md: str) -> int:
+    """<out>/<stem>.json and .md (the stem may hold dots: model names like qwen2.5-…)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    print(f"wrote {out / stem}.json and .md")
     return 0
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
-    import json
 
     from harness.bench import rollout
 
     result = rollout.run_rollout_bench(args.model, args.task, args.limit, args.n, args.max_tokens, args.temperature,
                                        args.top_p, args.data_dir, log=lambda m: print(m, file=sys.stderr, flush=True))
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"rollout-{slug(result['workload']['model'])}"
-    Path(f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(f"{stem}.md").write_text(rollout.markdown(result))
-    print(rollout.markdown(result))
-    print(f"wrote {stem}.json and {stem}.md")
-    return 0
+    return _write_report(args.out, f"rollout-{slug(result['workload']['model'])}", result, rollout.markdown(result))
 
 
 def cmd_lm_eval(args: argparse.Namespace) -> int:
