@@ -99,6 +99,11 @@ class LLMEngine:
         else:
             seeds = [sampler.derive_seed(self.config.seed, request_id, i) for i in range(params.n)]
         group = SequenceGroup(request_id, text, token_ids, params, seeds, self._next_seq_id, arrival_time, stream)
+        if params.thinking_budget is not None:
+            group.forced_ids = list(self.tokenizer.encode(params.thinking_forced_text, add_special_tokens=False))
+            if params.thinking_budget == 0:  # no thoughts at all: the first tokens are the close
+                for seq in group.seqs:
+                    seq.forced_at, seq.forced = 0, list(group.forced_ids)
         self._next_seq_id += params.n
         self._counters["requests_added"] += 1
         error = self.check_fits(len(token_ids), params)
@@ -240,6 +245,9 @@ class LLMEngine:
         min_p = torch.tensor([p.min_p for p in ps], dtype=torch.float32, device=dev)
         u = sampler.uniforms([s.seed for s in targets], [s.num_output_tokens for s in targets])
         tokens = sampler.sample(logits, temperature, top_k, top_p, min_p, u)
+        for i, s in enumerate(targets):  # budget forcing: the close-think tokens replace the draws
+            if s.forced:
+                tokens[i] = s.forced[0]
         info = None
         want = [p.logprobs for p in ps if p.logprobs is not None]
         if want:
@@ -274,6 +282,9 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, token: int, logprob: list | None) -> bool:
         """Add a sampled token, detokenise, apply stop rules. True if seq finished."""
         group, params = seq.group, seq.group.params
+        if seq.forced:
+            assert seq.forced[0] == token, "a forced token was not the one appended"
+            seq.forced.pop(0)
         seq.append(token)
         if seq.logprobs is not None:
             seq.logprobs.append(logprob[0])
@@ -287,8 +298,12 @@ class LLMEngine:
             metrics.first_token_time = time.monotonic()
         old_len = len(seq.text)
         seq.text += self._detokenize(seq)
+        if seq.thinking:
+            self._track_thinking(seq, old_len)
         reason, stop_reason = None, None
-        if not params.ignore_eos and token in self.eos_token_ids:
+        if seq.forced_at is not None and (seq.forced or seq.num_output_tokens == seq.forced_at + len(group.forced_ids)):
+            pass  # a forced token never ends the sample by EOS or a stop string (max_tokens still applies)
+        elif not params.ignore_eos and token in self.eos_token_ids:
             reason, stop_reason = "stop", token
         elif token in params.stop_token_ids:
             reason, stop_reason = "stop", token
@@ -306,6 +321,17 @@ class LLMEngine:
             seq.text += self._detokenize(seq, flush=True)
         self.scheduler.finish(seq, reason, stop_reason)
         return True
+
+    def _track_thinking(self, seq: Sequence, old_len: int) -> None:
+        """Budget forcing: the thoughts end when thinking_end appears in the text; once the budget
+        is spent without it, queue the forced close-think tokens (fed by _sample from the next step)."""
+        params = seq.group.params
+        end = params.thinking_end
+        if seq.text.find(end, max(0, old_len - len(end) + 1)) != -1:
+            seq.thinking = False
+        elif seq.forced_at is None and seq.num_output_tokens >= params.thinking_budget:
+            seq.forced_at = seq.num_output_tokens
+            seq.forced = list(seq.group.forced_ids)
 
     def _detokenize(self, seq: Sequence, flush: bool = False) -> str:
         """Text added by the tokens after read_offset, decoding only a short window; holds back

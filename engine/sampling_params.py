@@ -30,6 +30,13 @@ class SamplingParams:
     logprobs_mode: str = "raw"
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (no prefix-cache reuse)
     skip_special_tokens: bool = True
+    # Budget forcing for thinking models: after `thinking_budget` output tokens without
+    # `thinking_end` in the text, the next tokens are `thinking_forced_text`'s (fed as if sampled,
+    # their logprobs the model's), and the model goes on to answer. The output is taken to start
+    # inside the thoughts (a template that ends the prompt with <think>, or a model that opens it).
+    thinking_budget: int | None = None
+    thinking_end: str = "</think>"
+    thinking_forced_text: str = "\n</think>\n\n"
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -56,6 +63,10 @@ class SamplingParams:
             raise ValueError(f"logprobs must be None or >= 0, got {self.logprobs}")
         if self.logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got {self.logprobs_mode!r}")
+        if self.thinking_budget is not None and self.thinking_budget < 0:
+            raise ValueError(f"thinking_budget must be None or >= 0, got {self.thinking_budget}")
+        if self.thinking_budget is not None and self.thinking_end not in self.thinking_forced_text:
+            raise ValueError(f"thinking_forced_text {self.thinking_forced_text!r} must contain thinking_end {self.thinking_end!r}")
         if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
             raise ValueError(f"prompt_logprobs must be None or >= 0, got {self.prompt_logprobs}")
 

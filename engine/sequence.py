@@ -20,7 +20,7 @@ class Sequence:
     __slots__ = (
         "seq_id", "group", "index", "seed", "token_ids", "num_prompt_tokens", "num_computed_tokens",
         "block_table", "block_cache_ids", "finish_reason", "stop_reason", "logprobs", "top_logprobs",
-        "text", "prefix_offset", "read_offset",
+        "text", "prefix_offset", "read_offset", "thinking", "forced", "forced_at",
     )
 
     def __init__(self, seq_id: int, group: "SequenceGroup", index: int, seed: int, prompt: list[int]):
@@ -38,6 +38,11 @@ class Sequence:
         self.logprobs: list[float] | None = [] if group.params.logprobs is not None else None
         self.top_logprobs: list[dict[int, float]] | None = [] if group.params.logprobs else None
         self.text = ""
+        # budget forcing (SamplingParams.thinking_budget): True until thinking_end is in the text;
+        # `forced` holds the close-think tokens still to feed, `forced_at` the output index where they began
+        self.thinking = group.params.thinking_budget is not None
+        self.forced: list[int] = []
+        self.forced_at: int | None = None
         # incremental detokenisation window: text of token_ids[prefix_offset:read_offset] is
         # already emitted; decoding from prefix_offset keeps the context a tokenizer needs
         self.read_offset = len(prompt)
@@ -101,7 +106,7 @@ class SequenceGroup:
     """One request: a prompt, its sampling params, and its n sample sequences."""
 
     __slots__ = ("request_id", "prompt", "prompt_token_ids", "params", "seqs", "forked", "metrics", "error", "stream",
-                 "prompt_logprobs", "prompt_top_logprobs")
+                 "prompt_logprobs", "prompt_top_logprobs", "forced_ids")
 
     def __init__(
         self,
@@ -125,6 +130,7 @@ class SequenceGroup:
         self.metrics = RequestMetrics(arrival_time or time.monotonic(), num_prompt_tokens=len(prompt_token_ids))
         self.error: str | None = None
         self.stream = stream
+        self.forced_ids: list[int] = []  # thinking_forced_text's tokens (set by the engine)
         # per prompt position (position 0 has none): filled as the prompt's chunks are computed
         want = params.prompt_logprobs
         self.prompt_logprobs: list[float | None] | None = None if want is None else [None] * len(prompt_token_ids)
@@ -167,6 +173,7 @@ class CompletionOutput:
     stop_reason: int | str | None = None  # the stop string or token id that ended it
     logprobs: list[float] | None = None  # chosen-token logprob per output token
     top_logprobs: list[dict[int, float]] | None = None
+    forced_at: int | None = None  # budget forcing: the output index where the close-think tokens were inserted
 
     @property
     def finished(self) -> bool:
@@ -192,7 +199,7 @@ class RequestOutput:
             CompletionOutput(
                 s.index, s.text, s.output_token_ids, s.finish_reason, s.stop_reason,
                 None if s.logprobs is None else list(s.logprobs),
-                None if s.top_logprobs is None else list(s.top_logprobs),
+                None if s.top_logprobs is None else list(s.top_logprobs), s.forced_at,
             )
             for s in group.seqs
         ]

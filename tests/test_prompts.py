@@ -65,7 +65,7 @@ def tokenizer(tiny_tokenizer_dir):
 def test_gsm8k_prompt_exact(test_docs, train_docs):
     spec = load_task("gsm8k")
     doc = test_docs[0]
-    built = PromptBuilder(spec, None, train_docs).build(doc)
+    built = PromptBuilder(spec, None, train_docs).build(doc, 0)
     assert isinstance(built, BuiltPrompt) and built.messages is None
     by_id = {d["doc_id"]: d for d in train_docs}
     assert len(built.fewshot_ids) == 5 and len(set(built.fewshot_ids)) == 5
@@ -106,8 +106,8 @@ def test_every_gsm8k_target_is_a_number(test_docs):
 # ------------------------------------------------------------------------------- few-shot draws
 
 
-def test_fewshot_deterministic_per_doc(test_docs, train_docs):
-    spec = load_task("gsm8k")
+def test_fewshot_deterministic_per_doc(tmp_path, test_docs, train_docs):
+    spec = toy_spec(tmp_path, fewshot={"num": 5})  # per_doc, our default sampler
     a = PromptBuilder(spec, None, train_docs)
     b = PromptBuilder(spec, None, list(train_docs))
     # the same doc gets the same shots whatever the order of building

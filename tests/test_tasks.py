@@ -131,7 +131,8 @@ def test_valid_spec_loads_with_defaults(tmp_path):
     assert spec.sampling.stop == ("Q:",) and spec.sampling.max_tokens == 64 and spec.sampling.top_p == 1.0
     assert spec.dataset.split == "test" and spec.dataset.fewshot_split is None
     assert spec.prompt.fewshot.num == 0 and not spec.needs_fewshot_split
-    assert spec.prompt.strip_think is True and spec.prompt.chat_template is False
+    assert spec.thinking.strip is True and spec.thinking.unclosed == "truncated" and spec.thinking.budget is None
+    assert spec.prompt.chat_template is False and spec.prompt.chat_template_kwargs == {}
     assert spec.comparator == "numeric" and spec.primary_filter == "last"
     assert spec.ks == (1,)
     assert spec.filters == VALID["filters"]
@@ -284,8 +285,9 @@ def test_shipped_task_loads(name):
     assert spec.dataset.name == "gsm8k" and spec.dataset.split == "test"
     assert {f["name"] for f in spec.filters} == {"strict", "flexible"}
     assert spec.primary_filter == "strict" and spec.comparator == "numeric"
-    assert spec.sampling.max_tokens >= 512  # lm-eval's 256 truncates real chains
-    assert spec.prompt.strip_think
+    # lm-eval's 256 truncates real chains; only `gsm8k`, which reproduces lm-eval, keeps it
+    assert spec.sampling.max_tokens >= (256 if name == "gsm8k" else 512)
+    assert spec.strip_think
     # loading by path gives the same spec
     assert load_task(str(spec.path)).spec_hash == spec.spec_hash
 

@@ -45,6 +45,16 @@ class SamplingParams:
         return dataclasses.replace(self, **kw)
 
 
+@dataclass(frozen=True, slots=True)
+class ThinkingBudget:
+    """Budget forcing (a task's thinking.budget): after `budget` output tokens without `close`,
+    the backend inserts `forced_text` and the model answers. The engine backend supports it."""
+
+    budget: int
+    close: str = "</think>"
+    forced_text: str = "\n</think>\n\n"
+
+
 @dataclass(slots=True)
 class GenerationRequest:
     request_id: str
@@ -54,6 +64,8 @@ class GenerationRequest:
     sample_indices: list[int]  # which of the doc's samples to produce (all of range(n) on a fresh run)
     seeds: list[int]  # one per entry of sample_indices
     messages: list[dict[str, str]] | None = None  # the chat form, for chat-API backends
+    chat_template_kwargs: dict[str, Any] | None = None  # for chat-API backends (local ones rendered the prompt)
+    thinking: ThinkingBudget | None = None
 
     def __post_init__(self) -> None:
         assert len(self.sample_indices) == len(self.seeds), "one seed per requested sample"
@@ -75,6 +87,7 @@ class Completion:
     latency: float | None = None  # seconds from submission to finish
     error: str | None = None
     num_generated_tokens: int | None = None  # a remote backend's count (usage) when it returns no token ids
+    forced_at: int | None = None  # budget forcing: the output token index where the close-think was inserted
 
     @property
     def generated_tokens(self) -> int:

@@ -160,6 +160,9 @@ class EngineBackend:
                     n=len(req.sample_indices), temperature=p.temperature, top_p=p.top_p, top_k=p.top_k,
                     min_p=p.min_p, max_tokens=max(1, min(p.max_tokens, room)), seeds=list(req.seeds),
                     stop=list(p.stop), logprobs=p.logprobs, ignore_eos=p.ignore_eos, logprobs_mode=self.logprobs_mode,
+                    **({} if req.thinking is None else dict(
+                        thinking_budget=req.thinking.budget, thinking_end=req.thinking.close,
+                        thinking_forced_text=req.thinking.forced_text)),
                 )
             except ValueError as e:
                 yield from self._errors(req, str(e), len(ids))
@@ -185,6 +188,7 @@ class EngineBackend:
                             stop_reason=c.stop_reason, prompt_tokens=prompt_tokens,
                             cached_prompt_tokens=m.num_cached_prompt_tokens, logprobs=c.logprobs,
                             ttft=m.ttft, latency=time.monotonic() - m.arrival_time, error=out.error,
+                            forced_at=c.forced_at,
                         )
         finally:  # the consumer stopped early (or an error): drop what is still running
             if unfinished:

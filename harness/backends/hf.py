@@ -269,6 +269,8 @@ class HFBackend:
             ids: list[int] = []
             try:
                 err = _validate(req.params)
+                if err is None and req.thinking is not None:
+                    err = "thinking.budget (budget forcing) needs the engine backend"
                 if err is None and any(not 0 <= int(s) < _U64 for s in req.seeds):
                     err = "seeds must be integers in [0, 2**64)"
                 if err is None:

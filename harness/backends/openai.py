@@ -171,8 +171,13 @@ class OpenAIBackend:
             body["ignore_eos"] = True
         if self.return_token_ids:
             body["return_token_ids"] = True
+        if req.thinking is not None:
+            raise HarnessError("thinking.budget (budget forcing) needs the engine backend; "
+                               "an OpenAI-compatible server has no such request field")
         if req.messages is not None:
             body["messages"] = req.messages
+            if req.chat_template_kwargs:
+                body["chat_template_kwargs"] = dict(req.chat_template_kwargs)  # vLLM/SGLang read it
             if p.logprobs is not None:
                 body["logprobs"], body["top_logprobs"] = True, p.logprobs
             return "/chat/completions", body

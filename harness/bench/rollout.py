@@ -62,7 +62,7 @@ def run_rollout_bench(model: str, task: str, limit: int, n: int, max_tokens: int
         tokens += cut
         req = reqs.requests[row // n]
         text = tok.decode(seq[:cut], skip_special_tokens=True)
-        rewards.append(float(prep.grader.grade(text, reqs.gold[req.doc_id])[primary].correct))
+        rewards.append(float(prep.grader.grade(text, reqs.gold[req.doc_id], reqs.opened.get(req.doc_id, False))[primary].correct))
     hf = {"wall_s": round(wall, 3), "generated_tokens": tokens, "tokens_per_s": round(tokens / wall, 2),
           "mean_reward": round(sum(rewards) / len(rewards), 4), "rows_per_call": len(prompts) * n}
     log(f"hf: {hf}")

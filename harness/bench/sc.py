@@ -149,7 +149,7 @@ def load_prompts(resolved, task: str, problems: int, data_dir: Path | None):
         raise HarnessError(f"{task} has only {len(docs)} problems, asked for {problems}")
     fewshot = data.load_docs(spec.dataset, spec.dataset.fewshot_split, data_dir) if spec.needs_fewshot_split else None
     builder = prompts.PromptBuilder(spec, tok, fewshot)
-    return tok, docs, [encode_prompt(tok, builder.build(d).text) for d in docs]
+    return tok, docs, [encode_prompt(tok, builder.build(d, i).text) for i, d in enumerate(docs)]
 
 
 def _load_systems(systems: Sequence[str], path: str, tok, device: str, dtype: str, torch_dtype, seed: int,

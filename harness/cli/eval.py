@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
+    p.add_argument("--protocol", choices=["r1"], default=None,
+                   help="a published protocol's sampling: r1 = n 16, T 0.6, top-p 0.95, max_tokens 32768, "
+                        "pass@1 as mean@n (explicit flags still win)")
     p.add_argument("--batch-size", type=int, help="hf backend: rows per generate batch; engine: max_num_seqs")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="folder with the task's data files (over the task's own dataset.files and $HARNESS_DATA_DIR)")
@@ -56,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from harness.reporting.terminal import ProgressBar, headline, rich_table
+    from harness.reporting.terminal import ProgressBar, headline, length_table, rich_table
     from harness.runs.runner import EvalOptions, evaluate
 
     console = Console(stderr=True)
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         task=args.task, model=args.model, backend=args.backend, include_paths=args.include_path,
         data_dir=Path(args.data_dir) if args.data_dir else None, limit=args.limit, n=args.n, seed=args.seed,
         max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        batch_size=args.batch_size, output_dir=args.output_dir, fresh=args.fresh,
+        batch_size=args.batch_size, output_dir=args.output_dir, fresh=args.fresh, protocol=args.protocol,
         backend_options={**engine_options(args.engine_arg),
                          **{k: v for k, v in (("base_url", args.base_url), ("api_key_env", args.api_key_env)) if v}},
     )
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.stop()
     Console().print(rich_table(result.results))
+    if (by_length := length_table(result.results)) is not None:
+        Console().print(by_length)
     print(headline(result.results))
     print(f"Run directory: {result.run_dir}")
     return 0

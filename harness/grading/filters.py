@@ -138,16 +138,12 @@ def _boxed(params: dict[str, Any], where: str) -> Step:
     return extract_boxed
 
 
-_THINK_BLOCK_RE = re.compile(r"<think>.*?</think>", re.DOTALL)
-
-
-def strip_think(text: str) -> str | None:
+def strip_think(text: str, open_tag: str = "<think>", close_tag: str = "</think>") -> str | None:
     """Drop <think>…</think> blocks and everything before a lone </think> (the template opened the
     block in the prompt). A <think> never closed means the model never answered: None."""
-    text = _THINK_BLOCK_RE.sub("", text)
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    if "<think>" in text:
+    if close_tag in text:
+        text = text.rsplit(close_tag, 1)[1]  # everything up to the last close is thoughts
+    if open_tag in text:
         return None
     return text
 

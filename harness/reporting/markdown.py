@@ -28,6 +28,11 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for filt, name, value, se, ci in metric_rows(results):
         lines.append(f"| {filt} | {name} | {fmt(value)} | {fmt(se) if se is not None else ''} | {fmt_ci(ci)} |")
+    if results.get("by_length"):
+        lines += ["", f"## Accuracy by chain length ({results.get('primary_filter')})", "",
+                  "| generated tokens | samples | accuracy | truncated |", "|---|---:|---:|---:|"]
+        for b in results["by_length"]:
+            lines.append(f"| {b['tokens']} | {b['samples']} | {b['accuracy']:.3f} | {b['truncated']:.1%} |")
     return "\n".join(lines) + "\n"
 
 

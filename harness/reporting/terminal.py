@@ -20,7 +20,12 @@ def headline(results: dict[str, Any]) -> str:
         for name in names:
             if name in m:
                 ci = m.get(f"{name}_ci")
-                parts.append(f"{name} {m[name]:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+                label = f"pass@1 (mean@{n})" if name == f"mean@{n}" else name
+                parts.append(f"{label} {m[name]:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""))
+        # how many chains hit the token cap, or never closed their thoughts: a score is read with these
+        for name, label in (("truncation_rate", "truncated"), ("no_answer_in_budget_rate", "no answer in budget")):
+            if m.get(name):
+                parts.append(f"{label} {m[name]:.1%}")
     what = f"{results.get('n_problems')} problems × {n} sample{'s' if n != 1 else ''}"
     errors = f", {results['errors']} errors" if results.get("errors") else ""
     return f"{results.get('task')} · {results.get('model', {}).get('id')} · {filt}: {', '.join(parts) or 'no metrics'} on {what}{errors}"
@@ -36,6 +41,21 @@ def rich_table(results: dict[str, Any]):
         t.add_column(col, justify="right" if col in ("value", "stderr") else "left")
     for filt, name, value, se, ci in metric_rows(results):
         t.add_row(filt, name, fmt(value), fmt(se) if se is not None else "", fmt_ci(ci, 3))
+    return t
+
+
+def length_table(results: dict[str, Any]):
+    """Accuracy and truncation by chain length (the primary filter), or None for a single bucket."""
+    from rich.table import Table
+
+    buckets = results.get("by_length") or []
+    if len(buckets) < 2:
+        return None
+    t = Table(title=f"by chain length ({results.get('primary_filter')})")
+    for col in ("generated tokens", "samples", "accuracy", "truncated"):
+        t.add_column(col, justify="right")
+    for b in buckets:
+        t.add_row(b["tokens"], str(b["samples"]), f"{b['accuracy']:.3f}", f"{b['truncated']:.1%}")
     return t
 
 

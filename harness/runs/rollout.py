@@ -110,7 +110,7 @@ def _group_line(identity: dict, req: Any, prompt_ids: list[int], gold: str, samp
         reward, answer, error = 0.0, None, c.error
         if c.finish_reason != "error":
             try:
-                g = grader.grade(c.text, gold)[primary]
+                g = grader.grade(c.text, gold, grader.prompt_opens_thinking(req.prompt))[primary]
                 reward, answer, error = float(g.correct), g.answer, g.error
             except Exception as e:  # noqa: BLE001 - a grading failure costs this sample's reward, not the run
                 error = " ".join(f"{type(e).__name__}: {e}".split())[:300]

@@ -24,13 +24,22 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from harness import HarnessError, __version__
-from harness.backends.base import Backend, Completion, GenerationRequest
+from harness.backends.base import Backend, Completion, GenerationRequest, ThinkingBudget
 from harness.files import write_json_atomic, write_text_atomic
 from harness.grading import Grader
 from harness.runs.rundir import RunDir
 from harness.scoring.records import BackendInfo, RunResults, SampleRecord, SampleWriter, group_by_doc, read_samples
 
 Progress = Callable[..., Any]  # progress("start", total=, completed=) / progress("advance", tokens=)
+
+
+# Published sampling protocols, so "the number in the paper" is one flag (`--protocol`); explicit
+# command-line values still win. r1: DeepSeek-R1's evaluation (T=0.6, top-p 0.95, 32k-token budget,
+# pass@1 estimated as the mean over n samples, reported as mean@n with its problem-clustered
+# stderr); n=16 as open-r1 / lighteval use for AIME-sized sets.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "r1": dict(n=16, temperature=0.6, top_p=0.95, top_k=0, min_p=0.0, max_tokens=32768),
+}
 
 
 @dataclass
@@ -52,6 +61,7 @@ class EvalOptions:
     runs_root: Path = Path("runs")
     fresh: bool = False
     backend_options: dict[str, Any] = field(default_factory=dict)
+    protocol: str | None = None  # a key of PROTOCOLS
 
 
 @dataclass
@@ -78,6 +88,8 @@ class Requests:
     doc_rows: list[dict]  # docs.jsonl
     gold: dict[str, str]
     prompt_hash: dict[str, str]
+    opened: dict[str, bool] = field(default_factory=dict)  # doc id -> the prompt leaves a think block open
+    tokenizer: Any = None  # to split a sample's tokens into thoughts and answer
 
 
 def sample_seed(run_seed: int, doc_id: str, sample_idx: int) -> int:
@@ -146,11 +158,14 @@ def prepare(opts: EvalOptions) -> Prepared:
     from harness.tasks import data
 
     spec = tasks.load_task(opts.task, opts.include_paths)
-    overrides = {k: v for k, v in dict(n=opts.n, seed=opts.seed, max_tokens=opts.max_tokens, temperature=opts.temperature,
-                                       top_p=opts.top_p, top_k=opts.top_k).items() if v is not None}
+    if opts.protocol is not None and opts.protocol not in PROTOCOLS:
+        raise HarnessError(f"--protocol: unknown protocol {opts.protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    overrides = dict(PROTOCOLS.get(opts.protocol, {}))
+    overrides.update({k: v for k, v in dict(n=opts.n, seed=opts.seed, max_tokens=opts.max_tokens, temperature=opts.temperature,
+                                            top_p=opts.top_p, top_k=opts.top_k).items() if v is not None})
     if overrides:
         spec = spec.with_overrides(**overrides)
-    grader = Grader(spec.filters, spec.comparator, strip_think=spec.strip_think)
+    grader = Grader.for_spec(spec)
     split = data.load_split(spec.dataset, spec.dataset.split, opts.data_dir)
     docs = split.docs
     provenance = {spec.dataset.split: {"source": split.source, "sha256": split.sha256}}
@@ -180,9 +195,9 @@ def check_docs(prep: Prepared) -> list[tuple[str, str]]:
     builder = PromptBuilder(prep.spec, None, prep.fewshot_docs)
     failures = []
     slow = 0
-    for doc in prep.docs:
+    for position, doc in enumerate(prep.docs):
         try:
-            builder.build(doc)
+            builder.build(doc, position)
             prep.grader.gold_key(builder.render_target(doc))
         except RenderTimeout as e:
             slow += 1
@@ -227,12 +242,14 @@ def build_requests(prep: Prepared, tokenizer: Any, done: Iterable[tuple[str, int
     spec, params, grader = prep.spec, prep.spec.sampling, prep.grader
     done = set(done)
     builder = PromptBuilder(spec, tokenizer, prep.fewshot_docs)
-    out = Requests([], [], [], {}, {})
-    for doc in prep.docs:
+    out = Requests([], [], [], {}, {}, tokenizer=tokenizer)
+    t = spec.thinking
+    thinking = None if t.budget is None else ThinkingBudget(t.budget, t.close, t.forced_text)
+    for position, doc in enumerate(prep.docs):  # prep.docs: a prefix of the split, so index = position
         doc_id = str(doc["doc_id"])
         missing = [i for i in range(params.n) if (doc_id, i) not in done]
         try:
-            built = builder.build(doc)
+            built = builder.build(doc, position)
             gold = builder.render_target(doc)
             grader.gold_key(gold)
         except HarnessError as e:
@@ -240,12 +257,14 @@ def build_requests(prep: Prepared, tokenizer: Any, done: Iterable[tuple[str, int
             out.gold[doc_id], out.prompt_hash[doc_id] = "", ""
             continue
         out.gold[doc_id], out.prompt_hash[doc_id] = gold, built.prompt_hash
+        out.opened[doc_id] = grader.prompt_opens_thinking(built.text)
         out.doc_rows.append({"doc_id": doc_id, "doc": {k: v for k, v in doc.items() if k != "doc_id"},
                              "target": gold, "prompt_hash": built.prompt_hash, "prompt": built.text})
         if missing:
             out.requests.append(GenerationRequest(
                 request_id=f"doc-{doc_id}", doc_id=doc_id, prompt=built.text, params=params, sample_indices=missing,
-                seeds=[sample_seed(params.seed, doc_id, i) for i in missing], messages=built.messages))
+                seeds=[sample_seed(params.seed, doc_id, i) for i in missing], messages=built.messages,
+                chat_template_kwargs=dict(spec.prompt.chat_template_kwargs) or None, thinking=thinking))
     return out
 
 
@@ -258,21 +277,27 @@ def generate_and_grade(backend: Backend, reqs: Requests, prep: Prepared, rd: Run
         stream = backend.generate(reqs.requests) if reqs.requests else iter(())
         for c in itertools.chain(reqs.failed, stream):
             writer.write(sample_record(c, prep.grader, reqs.gold.get(c.doc_id, ""), reqs.prompt_hash.get(c.doc_id, ""),
-                                       sample_seed(seed, c.doc_id, c.sample_idx)))
+                                       sample_seed(seed, c.doc_id, c.sample_idx), reqs.opened.get(c.doc_id, False),
+                                       reqs.tokenizer))
             gen_tokens += c.generated_tokens
             if progress is not None:
                 progress("advance", tokens=c.generated_tokens)
     return gen_tokens
 
 
-def sample_record(c: Completion, grader: Grader, target: str, prompt_hash: str, seed: int) -> SampleRecord:
+def sample_record(c: Completion, grader: Grader, target: str, prompt_hash: str, seed: int, opened: bool = False,
+                  tokenizer: Any = None) -> SampleRecord:
     """The samples.jsonl line of one finished sample. Grading cannot cost the sample: if it
-    raises, the raw generation is kept with `grader_error` set and no answers (invalid)."""
+    raises, the raw generation is kept with `grader_error` set and no answers (invalid).
+    `opened`: the prompt left a think block open (the completion starts inside the thoughts)."""
     graded: dict = {}
     grader_error = None
+    outcome = thought = answer = None
     if c.finish_reason != "error":
         try:
-            graded = grader.grade(c.text, target)
+            graded = grader.grade(c.text, target, opened)
+            outcome = grader.outcome(c.text, opened)
+            thought, answer = _thought_tokens(c, grader, opened, outcome, tokenizer)
         except Exception as e:  # noqa: BLE001 - recorded per sample; the run goes on
             grader_error = _one_line(f"{type(e).__name__}: {e}")[:500]
     return SampleRecord(
@@ -283,13 +308,41 @@ def sample_record(c: Completion, grader: Grader, target: str, prompt_hash: str, 
         grader_error=grader_error or next((g.error for g in graded.values() if g.error), None),
         answers={f: g.answer for f, g in graded.items()}, keys={f: g.key for f, g in graded.items()},
         scores={f: float(g.correct) for f, g in graded.items()},
+        outcome=outcome, thought_tokens=thought, answer_tokens=answer, forced_at=c.forced_at,
     )
+
+
+def _thought_tokens(c: Completion, grader: Grader, opened: bool, outcome: str | None,
+                    tokenizer: Any) -> tuple[int | None, int | None]:
+    """(thought tokens through the close tag, answer tokens after it) of a sample with a think
+    block; an unclosed chain is all thoughts. None without a think block or without a way to count
+    (a remote backend that returned no token ids and no local tokenizer)."""
+    if outcome is None and not opened:
+        return None, None
+    total = c.generated_tokens
+    split = grader.thought_split(c.text, opened)
+    if split is None:
+        return total, 0
+    if tokenizer is None:
+        return None, None
+    if c.token_ids:  # the shortest token prefix whose text holds the close tag
+        lo, hi = 1, len(c.token_ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if grader.close_tag in tokenizer.decode(c.token_ids[:mid], skip_special_tokens=False):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo, total - lo
+    thought = len(tokenizer.encode(c.text[:split], add_special_tokens=False))
+    return thought, max(0, total - thought)
 
 
 def finalize(opts: EvalOptions, prep: Prepared, rd: RunDir, info: BackendInfo, gen_tokens: int, wall: float) -> dict[str, Any]:
     """Metrics from the samples on disk (the only source, so resumed runs agree), provenance,
     results.json and the reports."""
     from harness.reporting.markdown import write_reports
+    from harness.scoring.metrics import by_chain_length
 
     spec = prep.spec
     wanted = {str(d["doc_id"]) for d in prep.docs}
@@ -317,6 +370,8 @@ def finalize(opts: EvalOptions, prep: Prepared, rd: RunDir, info: BackendInfo, g
         run={"wall_time_s": round(wall, 3), "generated_tokens": gen_tokens,
              "tokens_per_s": round(gen_tokens / wall, 2) if wall > 0 else None,
              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        by_length=by_chain_length(rows, scored["primary_filter"]),
+        protocol=opts.protocol,
     ).to_dict()
     write_json_atomic(rd.path / "results.json", results)
     write_reports(rd.path, results, rows)

@@ -30,10 +30,12 @@ class DocSamples:
     correct: list[bool]
     finish_reasons: list[str] | None = None  # "stop" | "length" | ...
     gen_tokens: list[int] | None = None
+    outcomes: list[str | None] | None = None  # thinking outcome per sample (harness.grading.grader)
+    thought_tokens: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
-        for name in ("correct", "finish_reasons", "gen_tokens"):
+        for name in ("correct", "finish_reasons", "gen_tokens", "outcomes", "thought_tokens"):
             value = getattr(self, name)
             assert value is None or len(value) == n, f"doc {self.doc_id!r}: {len(value)} {name} for {n} keys"
 
@@ -259,6 +261,17 @@ def _truncation_rate(p: Problem, k: int) -> float:
     return sum(r == "length" for r in p.doc.finish_reasons) / p.n  # type: ignore[union-attr]
 
 
+@register_metric("no_answer_in_budget_rate", needs="outcomes")
+def _no_answer_in_budget_rate(p: Problem, k: int) -> float:
+    """Chains that never closed their think block (no answer, no vote): beside invalid and truncation."""
+    return sum(o == "no_answer_in_budget" for o in p.doc.outcomes) / p.n  # type: ignore[union-attr]
+
+
+@register_metric("mean_thought_tokens", needs="thought_tokens", proportion=False)
+def _mean_thought_tokens(p: Problem, k: int) -> float:
+    return float(np.mean(p.doc.thought_tokens))
+
+
 @register_metric("mean_gen_tokens", needs="gen_tokens", proportion=False)
 def _mean_gen_tokens(p: Problem, k: int) -> float:
     return float(np.mean(p.doc.gen_tokens))
@@ -325,6 +338,8 @@ def doc_samples(rows: Sequence[dict], filt: str, comparator: str | None = None) 
             ks = [m if k is not None else None for k, m in zip(ks, merged)]
         return ks
 
+    thinking = any(r.get("outcome") is not None for r in rows)  # a thinking run: its rates are reported
+    counted = thinking and all(r.get("thought_tokens") is not None for r in rows)
     return [
         DocSamples(
             doc_id=d,
@@ -332,6 +347,33 @@ def doc_samples(rows: Sequence[dict], filt: str, comparator: str | None = None) 
             correct=[bool((r.get("scores") or {}).get(filt, 0.0)) for r in v],
             finish_reasons=[r.get("finish_reason") or "" for r in v],
             gen_tokens=[int(r.get("generated_tokens") or 0) for r in v],
+            outcomes=[r.get("outcome") for r in v] if thinking else None,
+            thought_tokens=[int(r["thought_tokens"]) for r in v] if counted else None,
         )
         for d, v in sorted(group_by_doc(rows).items(), key=lambda kv: doc_sort_key(kv[0]))
     ]
+
+
+LENGTH_EDGES = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+def by_chain_length(rows: Sequence[dict], filt: str, edges: Sequence[int] = LENGTH_EDGES) -> list[dict]:
+    """Accuracy by chain length (generated tokens) for one filter: per bucket (lo, hi], its samples,
+    accuracy, and the share cut by max_tokens. Only non-empty buckets; samples, not problems, so no
+    clustered stderr (a problem's samples fall into different buckets)."""
+    buckets: dict[int, list[dict]] = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        t = int(r.get("generated_tokens") or 0)
+        i = next((j for j, e in enumerate(edges) if t <= e), len(edges))
+        buckets.setdefault(i, []).append(r)
+    out = []
+    for i in sorted(buckets):
+        rs = buckets[i]
+        lo = 0 if i == 0 else edges[i - 1]
+        out.append({"tokens": f"{lo + 1 if i else 0}–{edges[i]}" if i < len(edges) else f">{edges[-1]}",
+                    "samples": len(rs),
+                    "accuracy": sum(bool((r.get("scores") or {}).get(filt)) for r in rs) / len(rs),
+                    "truncated": sum(r.get("finish_reason") == "length" for r in rs) / len(rs)})
+    return out

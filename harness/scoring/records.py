@@ -44,6 +44,11 @@ class SampleRecord:
     answers: dict[str, str | None] = field(default_factory=dict)  # filter -> extracted answer
     keys: dict[str, str | None] = field(default_factory=dict)  # filter -> vote key (None = invalid)
     scores: dict[str, float] = field(default_factory=dict)  # filter -> 1.0 correct / 0.0
+    # thinking models (harness.grading.grader): answered | no_answer_in_budget; None = no think block
+    outcome: str | None = None
+    thought_tokens: int | None = None  # output tokens up to and including the close tag
+    answer_tokens: int | None = None  # output tokens after it
+    forced_at: int | None = None  # budget forcing: the output index where the close-think was inserted
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -111,6 +116,8 @@ class RunResults:
     limit: int | None
     version: str
     run: dict[str, Any]  # wall time, generated tokens, tokens/s, finished_at
+    by_length: list[dict[str, Any]] = field(default_factory=list)  # the primary filter's accuracy by chain length
+    protocol: str | None = None  # a published protocol preset (`--protocol r1`), None for the task's own
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -23,6 +23,15 @@ Few-shot shots drawn from a split are deterministic: per doc (`sampler: per_doc`
 seeded by (fewshot.seed, doc id), or one shared draw (`sampler: fixed`). A shot that is the doc
 itself (same doc id when the few-shot split is the evaluated split, or identical fields) is never
 used.
+
+`sampler: lm_eval` reproduces lm-evaluation-harness 0.4's ContextSampler, so that a task claiming
+its format sends byte-identical prompts: one `random.Random(fewshot.seed)` (lm-eval's
+`--fewshot_random_seed`, default 1234) whose `sample(pool, k)` is called once per evaluated doc, in
+split order, with k = num (num + 1 when the shots come from the evaluated split; the doc itself is
+then dropped and the first num kept). `random.sample` reads only the pool's length, so drawing
+indices replays lm-eval's draws exactly. The draw of the doc at position p is the p-th of that
+stream: build() needs the doc's position in the split, and a doc's shots change if docs before it
+are removed (lm-eval's behaviour, the reason this is not our default).
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ class PromptBuilder:
         self._pool: list[dict] = []
         self._same_split = spec.dataset.fewshot_split == spec.dataset.split
         self._fixed_order: list[int] | None = None
+        self._stream: tuple[random.Random, list[list[int]]] | None = None  # the lm_eval sampler's
         if spec.needs_fewshot_split:
             if fewshot_docs is None:
                 raise HarnessError(
@@ -86,8 +96,10 @@ class PromptBuilder:
                 )
 
     # ---------------------------------------------------------------- public
-    def build(self, doc: dict) -> BuiltPrompt:
-        shots = self.shots_for(doc)
+    def build(self, doc: dict, position: int | None = None) -> BuiltPrompt:
+        """The prompt of `doc`; `position` (its index in the evaluated split) is needed by the
+        lm_eval sampler only."""
+        shots = self.shots_for(doc, position)
         p = self.spec.prompt
         sep = self.fewshot.separator
         system = self._render(self._system, "prompt.system", doc) if self._system is not None else None
@@ -117,7 +129,8 @@ class PromptBuilder:
             blob = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
             return BuiltPrompt(text=text, messages=messages, prompt_hash=_sha(blob), fewshot_ids=ids)
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                      **p.chat_template_kwargs)
         except Exception as e:  # jinja errors inside the model's template ("system role not supported", …)
             raise HarnessError(one_line(f"{self.spec.name}: the tokenizer's chat template failed: {type(e).__name__}: {e}")) from None
         if not isinstance(text, str):
@@ -127,12 +140,17 @@ class PromptBuilder:
     def render_target(self, doc: dict) -> str:
         return self._render(self._target, "prompt.target", doc)
 
-    def shots_for(self, doc: dict) -> list[dict]:
+    def shots_for(self, doc: dict, position: int | None = None) -> list[dict]:
         fs = self.fewshot
         if fs.num == 0:
             return []
         if fs.source == "exemplars":
             return [dict(e) for e in fs.exemplars[: fs.num]]
+        if fs.sampler == "lm_eval":
+            if position is None:
+                raise HarnessError(f"{self.spec.name}: prompt.fewshot.sampler lm_eval needs the doc's position in the split")
+            drawn = [self._pool[i] for i in self._lm_eval_draw(position)]
+            return [s for s in drawn if not self._is_self(s, doc)][: fs.num]
         if fs.sampler == "fixed":
             if self._fixed_order is None:
                 self._fixed_order = self._order(_rng(fs.seed, "\0fixed"))
@@ -153,6 +171,16 @@ class PromptBuilder:
         raise HarnessError(f"{self.spec.name}: not enough few-shot docs distinct from doc {doc.get('doc_id')}")
 
     # ---------------------------------------------------------------- internals
+    def _lm_eval_draw(self, position: int) -> list[int]:
+        """Pool indices of lm-eval's draw for the doc at `position`: the stream replayed up to it."""
+        if self._stream is None:
+            self._stream = (random.Random(self.fewshot.seed), [])
+        rng, draws = self._stream
+        k = self.fewshot.num + (1 if self._same_split else 0)
+        while len(draws) <= position:
+            draws.append(rng.sample(range(len(self._pool)), k))
+        return draws[position]
+
     def _order(self, rng: random.Random) -> list[int]:
         n = len(self._pool)
         return rng.sample(range(n), min(n, self.fewshot.num + 8))

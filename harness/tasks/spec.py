@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt,
-                      StrictStr, ValidationError, model_validator, with_config)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat,
+                      StrictInt, StrictStr, ValidationError, model_validator, with_config)
 from typing_extensions import TypedDict
 
 from harness import HarnessError
@@ -71,7 +71,7 @@ NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 Template = Annotated[NonEmptyStr, AfterValidator(_compiles)]  # jinja2 (harness.tasks.templating), compiled on load
 FewshotSource = Literal["exemplars", "split"]
-FewshotSampler = Literal["per_doc", "fixed"]
+FewshotSampler = Literal["per_doc", "fixed", "lm_eval"]
 ChatFewshot = Literal["multiturn", "inline"]
 
 
@@ -121,8 +121,11 @@ class FewshotSpec(_Model):
     source: FewshotSource = "exemplars"
     """Where shots come from; default: split when num > 0 and there are no exemplars."""
     sampler: FewshotSampler = "per_doc"
-    """per_doc: each doc draws its own shots (seeded by seed and doc id); fixed: one seeded draw
-    shared by all docs (a shared prefix the engine's prefix cache reuses)."""
+    """per_doc: each doc draws its own shots (seeded by seed and doc id; independent of order and
+    batching, our default); fixed: one seeded draw shared by all docs (a shared prefix the engine's
+    prefix cache reuses); lm_eval: lm-evaluation-harness 0.4's draw, for tasks that claim its
+    format: one random.Random(seed) whose sample(pool, num) is called once per evaluated doc in
+    split order, so a doc's shots depend on its position in the split (harness.tasks.prompts)."""
     seed: NonNegativeInt = DEFAULT_SEED
     exemplars: Annotated[tuple[Exemplar, ...], Wording("a list of mappings")] = ()
     """Fixed shots, with fields like a doc's."""
@@ -161,8 +164,33 @@ class PromptSpec(_Model):
     """Render the messages with the tokenizer's chat template (harness.tasks.prompts)."""
     chat_fewshot: ChatFewshot = "multiturn"
     """With a chat template: each shot a user/assistant exchange, or all in one user turn."""
-    strip_think: StrictBool = True
-    """Graders strip <think>…</think> before extracting the answer."""
+    chat_template_kwargs: Annotated[dict[StrictStr, StrictBool | StrictInt | StrictFloat | StrictStr],
+                                    Wording("a mapping of names to scalars")] = {}
+    """Extra variables for the chat template (e.g. enable_thinking: false), also sent by the openai
+    backend as the request's chat_template_kwargs."""
+
+
+class ThinkingSpec(_Model):
+    """Models that think in <think>…</think> before answering (harness.grading.grader)."""
+
+    strip: StrictBool = True
+    """Extract the answer from the text after the closing tag only (never from the thoughts)."""
+    unclosed: Literal["truncated", "invalid"] = "truncated"
+    """A chain that never closes its think block: truncated (outcome no_answer_in_budget, reported
+    as its own rate) or invalid (an ordinary invalid sample); either way it casts no vote."""
+    open: NonEmptyStr = "<think>"
+    close: NonEmptyStr = "</think>"
+    budget: NonNegativeInt | None = None
+    """Budget forcing: after this many thought tokens the engine inserts `forced_text` and lets the
+    model answer (engine backend only)."""
+    forced_text: NonEmptyStr = "\n</think>\n\n"
+    """What budget forcing inserts; must contain `close`."""
+
+    @model_validator(mode="after")
+    def _forced_text_closes(self) -> ThinkingSpec:
+        if self.close not in self.forced_text:
+            raise Invalid(("forced_text",), f"must contain the closing tag {self.close!r}")
+        return self
 
 
 @with_config(ConfigDict(extra="allow", use_attribute_docstrings=True))
@@ -254,6 +282,7 @@ class TaskSpec(_Model):
     """Answer extractors, names unique (plain dicts: harness.grading.build_filters takes them)."""
     scoring: ScoringSpec = ScoringSpec()
     metrics: MetricsSpec = MetricsSpec()
+    thinking: ThinkingSpec = ThinkingSpec()
 
     _path: Path | None = PrivateAttr(None)
     _raw: dict = PrivateAttr(default_factory=dict)  # the merged task mapping, for with_overrides
@@ -310,7 +339,7 @@ class TaskSpec(_Model):
 
     @property
     def strip_think(self) -> bool:
-        return self.prompt.strip_think
+        return self.thinking.strip
 
     # ---------------------------------------------------------------- forms
     def to_dict(self) -> dict[str, Any]:
