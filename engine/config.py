@@ -74,7 +74,7 @@ class EngineConfig:
             cfg.attention_backend = resolve_backend(cfg.attention_backend, cfg.device)
         except BackendError as e:
             raise EngineConfigError(str(e)) from None
-        model_len = getattr(hf_config, "max_position_embeddings", None)
+        model_len = model_max_len(hf_config)
         if cfg.max_model_len is None:
             if model_len is None:
                 raise EngineConfigError("the model config has no max_position_embeddings; set max_model_len")
@@ -91,6 +91,24 @@ class EngineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def model_max_len(hf_config: Any) -> int | None:
+    """The longest sequence the model's positions support: max_position_embeddings, extended by
+    a static rope scaling in the config (linear, dynamic NTK and YaRN stretch the trained window by
+    `factor`; YaRN counts from original_max_position_embeddings). llama3 and longrope configs
+    already state the extended window in max_position_embeddings, so they are taken as given."""
+    model_len = getattr(hf_config, "max_position_embeddings", None)
+    # transformers 5 keeps it in rope_parameters (with rope_theta), 4.x in rope_scaling
+    scaling = getattr(hf_config, "rope_scaling", None) or getattr(hf_config, "rope_parameters", None) or {}
+    if model_len is None or not isinstance(scaling, dict):
+        return model_len
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = scaling.get("factor")
+    if kind in ("linear", "dynamic", "yarn") and isinstance(factor, (int, float)) and factor > 1:
+        base = scaling.get("original_max_position_embeddings") if kind == "yarn" else None
+        return int((base or model_len) * factor)
+    return int(model_len)
 
 
 def resolve_device(device: str | None) -> str:

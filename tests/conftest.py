@@ -58,7 +58,7 @@ def single_torch_thread():
 # models, subprocesses, the GPU compile check). `--dist loadfile` hands files to workers in collection
 # order, so these go first and the short modules fill in behind them; in alphabetical order one
 # worker was left running test_streaming alone at the end.
-LONG_MODULES = ("test_streaming", "test_kernels_triton", "test_engine", "test_openai_backend", "test_engine_triton",
+LONG_MODULES = ("test_long_chains", "test_streaming", "test_kernels_triton", "test_engine", "test_openai_backend", "test_engine_triton",
                 "test_serve", "test_bench", "test_report_html")
 
 
