@@ -8,14 +8,16 @@ validate `scoring.comparator` against COMPARATORS."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import time
 from typing import Callable, TypeVar
 
 from harness import HarnessError
 from harness.grading import math_worker
 from harness.grading.math_worker import MathWorker
-from harness.grading.mathtext import normalize_math_text
-from harness.grading.numbers import normalize_number
+from harness.grading.mathtext import extract_boxed, latex_problem, normalize_math_text
+from harness.grading.numbers import LATEX_TEXT_RE, normalize_number
 
 COMPARATORS: dict[str, type["Comparator"]] = {}
 C = TypeVar("C", bound=type)
@@ -44,6 +46,10 @@ class Comparator:
     def equal(self, pred: str, gold: str) -> bool:
         k = self.key(pred)
         return k is not None and k == self.key(gold)
+
+    def invalid_reason(self, answer: str) -> str | None:
+        """Why key(answer) is None, when the comparator can say (a bad gold answer's error names it)."""
+        return None
 
     # Whether equal keys are the only equivalence (True) or cluster_keys must also compare pairs.
     keys_are_canonical = True
@@ -81,7 +87,7 @@ class MathComparator(Comparator):
             return self._keys[pred]
         text = normalize_math_text(pred)
         key: str | None = None
-        if text:
+        if latex_problem(text) is None:
             key = normalize_number(text, units=False)  # the fast path: plain numbers never reach sympy
             if key is None:
                 key = self._worker.call("key", text, timeout=self.timeout_s) or text.replace(" ", "")
@@ -94,7 +100,7 @@ class MathComparator(Comparator):
         if (pred, gold) in self._equal:
             return self._equal[(pred, gold)]
         a, b = normalize_math_text(pred), normalize_math_text(gold)
-        if not a or not b:
+        if latex_problem(a) or latex_problem(b):
             result = False
         elif a.replace(" ", "") == b.replace(" ", ""):
             result = True
@@ -109,7 +115,68 @@ class MathComparator(Comparator):
         self._equal[(pred, gold)] = result
         return result
 
+    def invalid_reason(self, answer: str) -> str | None:
+        t = answer.strip()
+        if t.startswith(("\\boxed", "\\fbox")) and extract_boxed(t) is None:
+            return "its \\boxed{ is never closed"
+        return latex_problem(normalize_math_text(answer))
 
+
+# A math environment already in the text (an unescaped $, \( \[, a box), or prose: two plain words in
+# a row outside \text{}. Either way math-verify gets the text as it is and finds the answer itself.
+_MATH_ENV_RE = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\(?:boxed|fbox)(?![A-Za-z])")
+_PROSE_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}[\s,]+[A-Za-z]{2,}(?![A-Za-z])")
+
+
+def math_verify_text(answer: str) -> str:
+    """What math-verify's parse gets for an answer: a bare extracted answer ("\\frac{1}{2}", "(1, 2]")
+    goes inside $...$, since math-verify reads LaTeX only in a math environment (bare, "2\\sqrt{2}"
+    reads as 2); a whole completion goes as it is."""
+    t = answer.strip()
+    if _MATH_ENV_RE.search(t) or _PROSE_RE.search(LATEX_TEXT_RE.sub("", t)):
+        return t
+    t = t.strip("*`").strip()  # markdown emphasis round a bare answer: **73**
+    return f"${t}$" if t else ""
+
+
+@register_comparator("math_verify")
+class MathVerifyComparator(Comparator):
+    """Hugging Face's math-verify (parse + verify), run in the sympy worker: each call bounded by
+    `timeout_s` (math-verify's own signal-based timeouts work only on the main thread). An answer it
+    parses into no sympy object gets key None; equal(pred, gold) is verify(gold, pred)."""
+
+    keys_are_canonical = False  # x=3 and 3, {1,2} and {2,1}: verify decides, not the key text
+
+    def __init__(self, timeout_s: float = 2.0, worker: MathWorker | None = None) -> None:
+        if importlib.util.find_spec("math_verify") is None:
+            raise HarnessError("scoring.comparator: math_verify needs the math-verify package "
+                               "(pip install math-verify)")
+        self.timeout_s = timeout_s
+        self._worker = worker or math_worker.default_worker
+        self._keys: dict[str, str | None] = {}
+        self._equal: dict[tuple[str, str], bool] = {}
+
+    def key(self, pred: str) -> str | None:
+        if pred not in self._keys:
+            text = math_verify_text(pred)
+            if len(self._keys) >= MathComparator._CACHE_LIMIT:
+                self._keys.clear()
+            self._keys[pred] = self._worker.call("mv_key", text, timeout=self.timeout_s) if text else None
+        return self._keys[pred]
+
+    def equal(self, pred: str, gold: str) -> bool:
+        if (pred, gold) not in self._equal:
+            a, b = math_verify_text(pred), math_verify_text(gold)
+            if len(self._equal) >= MathComparator._CACHE_LIMIT:
+                self._equal.clear()
+            same = bool(a and b) and self._worker.call("mv_equal", a, b, timeout=self.timeout_s) is True
+            self._equal[(pred, gold)] = same
+        return self._equal[(pred, gold)]
+
+    def invalid_reason(self, answer: str) -> str | None:
+        if self.key(answer) is not None:
+            return None
+        return f"math-verify parses no expression from it (or not within {self.timeout_s:g} s)"
 
 
 def make_comparator(name: str) -> Comparator:

@@ -150,7 +150,8 @@ def strip_think(text: str, open_tag: str = "<think>", close_tag: str = "</think>
 
 register_filter("strip_think")(lambda params, where: strip_think)
 
-_ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*:)", re.IGNORECASE)
+# "**Answer**: 73" too: markdown bold between the word and its colon.
+_ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*(?:\*\*\s*)?:)", re.IGNORECASE)
 # End of sentence: a newline, or . ! ? followed by whitespace or the end ("3.5." keeps "3.5").
 _SENTENCE_RE = re.compile(r"(.*?)(?:[.!?](?=\s|$)|\n|$)", re.DOTALL)
 

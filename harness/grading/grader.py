@@ -57,7 +57,9 @@ class Grader:
         that would otherwise score every sample of that problem wrong). For loaders to check up front."""
         key = self.comparator.key(gold)
         if key is None:
-            raise HarnessError(f"gold answer {gold[:80]!r} is not a valid {self.comparator.name} answer")
+            reason = self.comparator.invalid_reason(gold)
+            raise HarnessError(f"gold answer {gold[:80]!r} is not a valid {self.comparator.name} answer"
+                               + (f": {reason}" if reason else ""))
         return key
 
     def prompt_opens_thinking(self, prompt: str) -> bool:

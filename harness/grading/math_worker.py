@@ -73,11 +73,17 @@ def _expr_key(t: str) -> str:
     return sympy.sstr(expr)
 
 
+_SETS = ("", "{")  # a bare list "1, 2" (all solutions) and \{1, 2\} are unordered; both are sets
+
+
 def _worker_key(t: str) -> str:
     seq = split_sequence(t)
     if seq:
         opener, closer, items = seq
-        return opener + ",".join(_expr_key(x) for x in items) + closer
+        keys = [_expr_key(x) for x in items]
+        if opener in _SETS:
+            return "{" + ",".join(sorted(keys)) + "}"
+        return opener + ",".join(keys) + closer
     return _expr_key(t)
 
 
@@ -105,10 +111,66 @@ def _expr_equal(a: str, b: str) -> bool:
 def _worker_equal(a: str, b: str) -> bool:
     sa, sb = split_sequence(a), split_sequence(b)
     if sa or sb:
-        if not (sa and sb) or sa[:2] != sb[:2] or len(sa[2]) != len(sb[2]):
+        if not (sa and sb) or len(sa[2]) != len(sb[2]):
             return False
-        return all(_expr_equal(x, y) for x, y in zip(sa[2], sb[2]))
+        if sa[0] in _SETS and sb[0] in _SETS:  # each item matched to a distinct equal item
+            unmatched = list(sb[2])
+            for x in sa[2]:
+                y = next((y for y in unmatched if _expr_equal(x, y)), None)
+                if y is None:
+                    return False
+                unmatched.remove(y)
+            return True
+        return sa[:2] == sb[:2] and all(_expr_equal(x, y) for x, y in zip(sa[2], sb[2]))
     return _expr_equal(a, b)
+
+
+# math-verify (the `math_verify` comparator) runs here too: it is sympy underneath, so it gets the
+# same hard deadline. Its own timeouts are signal.alarm() based (main thread only, and they would
+# cancel our timer), so they are switched off: parsing_timeout=None, timeout_seconds=None.
+_mv_parsed: dict[str, list] = {}
+
+
+def _mv_parse(text: str) -> list:
+    """math-verify's parse of `text` (sympy objects first, then the matched string), cached."""
+    if text not in _mv_parsed:
+        from math_verify import parse
+
+        if len(_mv_parsed) >= 20_000:
+            _mv_parsed.clear()
+        try:
+            _mv_parsed[text] = parse(text, parsing_timeout=None)
+        except _WorkerTimeout:
+            _mv_parsed[text] = []  # unreadable in time: the next call on it (equal after key) is instant
+            raise
+    return _mv_parsed[text]
+
+
+def _mv_key(text: str) -> str | None:
+    """Text of the first sympy object math-verify parsed (exact numbers in our canonical form), or
+    None when it parsed none: only a matched string, or nothing, means it cannot read the answer."""
+    import sympy
+
+    parsed = [x for x in _mv_parse(text) if not isinstance(x, str)]
+    if not parsed:
+        return None
+    expr = parsed[0]
+    if isinstance(expr, sympy.Basic) and expr.is_number and not expr.free_symbols:
+        value = expr.doit()  # 50\% parses as the unevaluated 50*(1/100)
+        if value.is_Rational:
+            return format_fraction(Fraction(int(value.p), int(value.q)))
+        if value.is_Float:
+            return format_fraction(Fraction(Decimal(str(value))))
+    return sympy.sstr(expr)
+
+
+def _mv_equal(pred: str, gold: str) -> bool:
+    from math_verify import verify
+
+    g, p = _mv_parse(gold), _mv_parse(pred)
+    if not any(not isinstance(x, str) for x in g) or not any(not isinstance(x, str) for x in p):
+        return False  # as key(): an answer math-verify cannot parse is never equal to anything
+    return verify(g, p, timeout_seconds=None)  # gold first: verify is not symmetric
 
 
 class _WorkerTimeout(BaseException):  # BaseException: sympy's `except Exception` must not eat it
@@ -134,7 +196,11 @@ def worker_main() -> None:
 
     signal.signal(signal.SIGALRM, on_alarm)
     _parse_math("x")  # import sympy and build the namespace before saying ready
-    ops = {"key": _worker_key, "equal": _worker_equal}
+    try:  # math-verify loads here (60 ms), not under the first call's deadline
+        _mv_parse("$1$")
+    except ImportError:
+        pass  # only the math_verify comparator needs it; its calls then fail (None)
+    ops = {"key": _worker_key, "equal": _worker_equal, "mv_key": _mv_key, "mv_equal": _mv_equal}
     proto.write("ready\n")
     proto.flush()
     for line in sys.stdin:

@@ -49,14 +49,16 @@ def extract_boxed(text: str) -> str | None:
 # ----------------------------------------------------------------------------------------------
 
 _MATH_DROP_RE = re.compile(
-    r"\\(?:left|right|displaystyle|quad|qquad)(?![A-Za-z])|\\[!,;:]|\\ |\^\s*\{?\\circ\}?|\\circ|°|\\%|%"
+    # (?<!\\): in "1 \\ 2" (a matrix row break) the "\ " is not a spacing command
+    r"\\(?:left|right|displaystyle|quad|qquad)(?![A-Za-z])|(?<!\\)\\[!,;: ]|\^\s*\{?\\circ\}?|\\circ|°|\\%|%"
 )
 
 
 def normalize_math_text(s: str) -> str:
     """A LaTeX-ish answer with its dressing removed: $…$, \\(…\\), a whole-answer \\boxed{…},
     \\left/\\right, spacing commands, degrees, percent, \\text{…} wrappers, \\dfrac/\\tfrac -> \\frac,
-    a trailing \\text{unit}, a leading "x =", a final period; whitespace collapsed. "" when nothing is left."""
+    a trailing \\text{unit}, a leading "x =" or "x \\in", a final period; whitespace collapsed. "" when
+    nothing is left."""
     t = s.strip()
     if _BOX_RE.match(t):
         t = extract_boxed(t) or ""
@@ -65,13 +67,14 @@ def normalize_math_text(s: str) -> str:
         if t.startswith(a) and t.endswith(b):
             t = t[2:-2]
     t = _MATH_DROP_RE.sub("", t)
-    # A trailing unit after a value: "5 \text{ cm}" -> "5" ("\text{(A)}" alone is the answer itself).
-    t = re.sub(r"(?<=\S)\s*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z\s.]*\}\s*$", "", t)
+    # A trailing unit after a value: "5 \text{ cm}" or "4\text{ cm}^2" -> the value ("\text{(A)}"
+    # alone is the answer itself).
+    t = re.sub(r"(?<=\S)\s*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z\s.]*\}(?:\s*\^\s*\{?\d\}?)?\s*$", "", t)
     t = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", t)
     t = LATEX_TEXT_RE.sub(r"\1", t)
     t = re.sub(r"\s+", " ", t).strip().rstrip(".").strip()
-    m = re.match(r"[A-Za-z]\s*=\s*", t)  # "x = 5" -> "5", but "x = y = 5" is left alone
-    if m and "=" not in t[m.end() :]:
+    m = re.match(r"[A-Za-z]\s*(?:=|\\in(?![A-Za-z]))\s*", t)  # "x = 5" -> "5", "x \in (1, 2]" -> "(1, 2]",
+    if m and "=" not in t[m.end() :]:  # but "x = y = 5" is left alone
         t = t[m.end() :]
     return t
 
@@ -153,10 +156,40 @@ def latex_to_sympy_text(t: str) -> str:
     return text
 
 
+def latex_problem(t: str) -> str | None:
+    """Why cleaned answer text `t` is malformed LaTeX (so no comparator can read it), or None:
+    a gold answer like "\\frac{1}{" is a data bug to report, and a prediction like it was cut off."""
+    if not t:
+        return "nothing left after removing the LaTeX dressing"
+    depth = 0
+    i = 0
+    while i < len(t):
+        if t[i] == "\\":
+            if i + 1 == len(t):
+                return "it ends in a lone backslash"
+            i += 2  # \{ \} are literal braces
+            continue
+        depth += {"{": 1, "}": -1}.get(t[i], 0)
+        if depth < 0:
+            return "a } closes a brace never opened"
+        i += 1
+    if depth:
+        return f"{depth} unclosed {{"
+    for m in re.finditer(r"\\[dt]?frac(?![A-Za-z])", t):
+        try:
+            _latex_arg(t, _latex_arg(t, m.end())[1])
+        except _NotMath:
+            return "a \\frac without its two arguments"
+    return None
+
+
 def split_sequence(t: str) -> tuple[str, str, list[str]] | None:
-    """(open, close, items) for a tuple/interval/list like "(1, 2]" or "1, 2"; None for one item."""
+    """(open, close, items) for a tuple/interval/list like "(1, 2]" or "1, 2", or a set "\\{1, 2\\}"
+    (open "{"); None for one item. Bare lists and sets are unordered (solutions of an equation)."""
     opener, closer, body = "", "", t
-    if len(t) >= 2 and t[0] in "([" and t[-1] in ")]":
+    if t.startswith("\\{") and t.endswith("\\}") and "\\{" not in t[2:-2] and "\\}" not in t[2:-2]:
+        opener, closer, body = "{", "}", t[2:-2]
+    elif len(t) >= 2 and t[0] in "([" and t[-1] in ")]":
         depth = 0
         for i, c in enumerate(t):  # the outer brackets must enclose everything: "(1)+(2)" is one item
             depth += c in "([{"
@@ -172,7 +205,7 @@ def split_sequence(t: str) -> tuple[str, str, list[str]] | None:
         if c == "," and depth == 0:
             items.append(body[start:i].strip())
             start = i + 1
-    if not items:
-        return None
+    if not items:  # one item: a sequence only when it is a set, \{5\} or \{(1, 2)\}
+        return (opener, closer, [body.strip()]) if opener == "{" else None
     items.append(body[start:].strip())
     return opener, closer, items
