@@ -156,6 +156,7 @@ def prepare(opts: EvalOptions) -> Prepared:
     in seconds, before any model is installed or loaded."""
     from harness import tasks
     from harness.tasks import data
+    from harness.tasks.choices import shuffle_choices
 
     spec = tasks.load_task(opts.task, opts.include_paths)
     if opts.protocol is not None and opts.protocol not in PROTOCOLS:
@@ -167,7 +168,7 @@ def prepare(opts: EvalOptions) -> Prepared:
         spec = spec.with_overrides(**overrides)
     grader = Grader.for_spec(spec)
     split = data.load_split(spec.dataset, spec.dataset.split, opts.data_dir)
-    docs = split.docs
+    docs = shuffle_choices(spec, split.docs)  # multiple-choice options: order from the run seed
     provenance = {spec.dataset.split: {"source": split.source, "sha256": split.sha256}}
     if opts.limit is not None:
         if opts.limit < 1:
@@ -180,7 +181,7 @@ def prepare(opts: EvalOptions) -> Prepared:
         except HarnessError as e:
             raise HarnessError(f"task {spec.name} draws its {spec.prompt.fewshot.num} few-shot shots from split "
                                f"{spec.dataset.fewshot_split!r}{_offline_hint(spec, opts.include_paths)}; {e}") from None
-        fewshot_docs = shots.docs
+        fewshot_docs = shuffle_choices(spec, shots.docs)
         provenance[spec.dataset.fewshot_split] = {"source": shots.source, "sha256": shots.sha256}
     return Prepared(spec, grader, docs, fewshot_docs, provenance)
 

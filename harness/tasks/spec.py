@@ -97,6 +97,24 @@ class HubSpec(_Model):
     revision: NonEmptyStr | None = None
 
 
+class ChoicesSpec(_Model):
+    """Option fields of a multiple-choice doc; each doc gets `choices` (the option texts in a
+    seeded order), `choice_letters` (A, B, …) and `answer_letter` (where `correct` landed)."""
+
+    fields: Annotated[tuple[NonEmptyStr, ...], Field(min_length=2, max_length=26),
+                      Wording("a list of 2 to 26 doc field names")]
+    correct: NonEmptyStr
+    """The field holding the right option; one of `fields`."""
+
+    @model_validator(mode="after")
+    def _correct_is_a_field(self) -> ChoicesSpec:
+        if len(set(self.fields)) != len(self.fields):
+            raise Invalid(("fields",), "names a field twice")
+        if self.correct not in self.fields:
+            raise Invalid(("correct",), f"{self.correct!r} is not one of fields ({', '.join(self.fields)})")
+        return self
+
+
 class DatasetSpec(_Model):
     name: NonEmptyStr
     """The data folder name and the key of the packaged-data table (harness.tasks.data)."""
@@ -110,6 +128,8 @@ class DatasetSpec(_Model):
     """Explicit data files, split → path relative to the file that declares it (absolute once loaded)."""
     id_field: NonEmptyStr | None = None
     """The doc id field; default: the data's `doc_id`/`id` when present and unique, else the row index."""
+    choices: ChoicesSpec | None = None
+    """Multiple choice: options shuffled per doc from the run seed (harness.tasks.choices)."""
 
 
 Exemplar = Annotated[dict[StrictStr, Any], Field(min_length=1), Wording("a mapping of doc fields")]
