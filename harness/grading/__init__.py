@@ -6,6 +6,7 @@
     math_worker   the sympy subprocess, killed when a call overruns its deadline
     comparators   exact / numeric / math / math_verify (Hugging Face's math-verify); @register_comparator,
                   COMPARATORS; cluster_keys
+    verifiers     reasoning_gym: generated tasks graded by their generator's own verifier
     grader        Grader: a task's filters + comparator on one completion
 """
 
@@ -22,6 +23,7 @@ from harness.grading.comparators import (
 )
 from harness.grading.filters import FILTERS, Filter, GradingTimeout, answer_is, build_filters, register_filter, strip_think
 from harness.grading import choice as _choice  # noqa: F401  (registers the choice_letter filter step)
+from harness.grading import verifiers as _verifiers  # noqa: F401  (registers the reasoning_gym comparator)
 from harness.grading.grader import GradeResult, Grader
 from harness.grading.math_worker import MathWorker
 from harness.grading.mathtext import extract_boxed, normalize_math_text

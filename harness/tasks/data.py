@@ -1,6 +1,7 @@
 """Data sources: a task's dataset spec and a split → a list of docs (dicts with a string `doc_id`).
 
-Sources, tried in order; every miss is recorded and, when none has the split, all are explained in
+A dataset with a `generator:` (reasoning-gym) has its docs made, seeded, by harness.tasks.generated,
+and no other source. Otherwise sources, tried in order; every miss is recorded and, when none has the split, all are explained in
 one error, one line per source:
 
 1. the `data_dir` argument (the CLI's --data-dir): in it, `<dir>/<name>/<split>.<ext>` then
@@ -85,6 +86,11 @@ def load_split(dataset_spec: Any, split: str, data_dir: Path | str | None = None
     name = _get(dataset_spec, "name")
     if not name:
         raise HarnessError("dataset spec has no name")
+    if _get(dataset_spec, "generator") is not None:  # generated docs: no files, no other source
+        from harness.tasks import generated
+
+        docs, source = generated.generate(dataset_spec, split)
+        return LoadedSplit(docs=docs, source=source, sha256=docs_hash(docs))
     id_field = _get(dataset_spec, "id_field")
     tried: list[str] = []
 

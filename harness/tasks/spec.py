@@ -97,6 +97,20 @@ class HubSpec(_Model):
     revision: NonEmptyStr | None = None
 
 
+class GeneratorSpec(_Model):
+    """Docs made by a seeded generator instead of read from data (harness.tasks.generated): the
+    generator's dataset is `dataset.name`, e.g. reasoning_gym.create_dataset("chain_sum", size=, seed=)."""
+
+    source: Literal["reasoning_gym"]
+    """The generator library (pip install reasoning-gym); tasks then use the reasoning_gym comparator."""
+    size: Annotated[StrictInt, Field(ge=1, le=10_000)]
+    """How many docs (`--limit N` takes the first N)."""
+    seed: NonNegativeInt
+    """The same (name, size, seed, config) gives the same docs."""
+    config: Annotated[dict[StrictStr, Any], Wording("a mapping of generator options")] = {}
+    """Options of the generator's config class (e.g. min_terms: 3), passed as keyword arguments."""
+
+
 class ChoicesSpec(_Model):
     """Option fields of a multiple-choice doc; each doc gets `choices` (the option texts in a
     seeded order), `choice_letters` (A, B, …) and `answer_letter` (where `correct` landed)."""
@@ -123,6 +137,8 @@ class DatasetSpec(_Model):
     fewshot_split: NonEmptyStr | None = None
     """Where few-shot shots come from; required when prompt.fewshot.source is split."""
     hub: HubSpec | None = None
+    generator: GeneratorSpec | None = None
+    """Generated docs (reasoning-gym): the only source of the dataset, no files or hub."""
     files: Annotated[dict[StrictStr, Annotated[NonEmptyStr, Wording("a file path")]],
                      Wording("a mapping of split → file path")] = {}
     """Explicit data files, split → path relative to the file that declares it (absolute once loaded)."""
