@@ -135,6 +135,9 @@ def _generate(opts: EvalOptions, prep: Prepared, model: Any, rd: RunDir, progres
         on_disk = sum(1 for d in prep.docs for i in range(params.n) if (str(d["doc_id"]), i) in done)
         log(f"{prep.spec.name}: {len(prep.docs)} problems × {params.n} samples; {on_disk} already on disk, "
             f"{total - on_disk} to generate")
+        if params.n > 1 and params.temperature == 0:
+            log(f"warning: n={params.n} at temperature 0 (greedy): the samples of a problem are identical; "
+                "pass --temperature (or --protocol r1) for self-consistency")
         reqs = build_requests(prep, backend.tokenizer, done)
         write_text_atomic(rd.path / "docs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in reqs.doc_rows))
         for c in reqs.failed[:1]:
