@@ -55,11 +55,27 @@ def paged_attention_forward(
     meta = attn_metadata
     assert meta is not None, f"{ATTN_NAME} attention needs the engine's attn_metadata"
     assert query.shape[0] == 1, "the engine runs one flattened batch"
-    q = query[0].transpose(0, 1)  # [T, H, D]
-    ops = meta.ops or get_ops("torch")
-    k_cache, v_cache = meta.kv_caches[module.layer_idx]
-    ops.write_kv(k_cache, v_cache, key[0].transpose(0, 1), value[0].transpose(0, 1), meta.slot_mapping)
     scale = module.head_dim**-0.5 if scaling is None else scaling
+    out = paged_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                          module.layer_idx, meta, scale, sliding_window, softcap)
+    return out.unsqueeze(0), None  # [1, T, H, D], as transformers' attention functions return
+
+
+def paged_attention(
+    q: torch.Tensor,  # [T, H, D]
+    k: torch.Tensor,  # [T, kvH, D]
+    v: torch.Tensor,
+    layer_idx: int,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Write the step's keys/values into layer `layer_idx`'s cache, then attend: decode rows
+    first (one query each), then the prefill chunks. Returns [T, H, D]."""
+    ops = meta.ops or get_ops("torch")
+    k_cache, v_cache = meta.kv_caches[layer_idx]
+    ops.write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
     nd = meta.num_decode_tokens
 
     def decode(qd: torch.Tensor) -> torch.Tensor:
@@ -71,16 +87,15 @@ def paged_attention_forward(
         return ops.paged_decode_attention(*args)
 
     if nd == q.shape[0]:
-        out = decode(q)
-    else:
-        out = torch.empty_like(q)
-        if nd:
-            out[:nd] = decode(q[:nd])
-        out[nd:] = ops.paged_prefill_attention(
-            q[nd:], k_cache, v_cache, meta.prefill_cu_seqlens_q, meta.prefill_context_lens,
-            meta.prefill_block_tables, scale, sliding_window, softcap,
-        )
-    return out.unsqueeze(0), None  # [1, T, H, D], as transformers' attention functions return
+        return decode(q)
+    out = torch.empty_like(q)
+    if nd:
+        out[:nd] = decode(q[:nd])
+    out[nd:] = ops.paged_prefill_attention(
+        q[nd:], k_cache, v_cache, meta.prefill_cu_seqlens_q, meta.prefill_context_lens,
+        meta.prefill_block_tables, scale, sliding_window, softcap,
+    )
+    return out
 
 
 def register_attention() -> None:

@@ -37,6 +37,9 @@ class EngineConfig:
     # CUDA + triton: False = replay decode steps from CUDA graphs. Eager by default until the graph
     # path has run on a GPU (engine/cuda_graphs.py is unvalidated).
     enforce_eager: bool = True
+    # auto: the native llama/qwen2 forward (engine/native_llama.py) where it applies, else the HF
+    # model's own forward; native: that path or an error; transformers: always the HF forward
+    model_impl: str = "auto"
 
     def __post_init__(self) -> None:
         self.check()
@@ -49,6 +52,8 @@ class EngineConfig:
             raise EngineConfigError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise EngineConfigError(f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}")
+        if self.model_impl not in ("auto", "native", "transformers"):
+            raise EngineConfigError(f"model_impl must be auto, native or transformers, got {self.model_impl!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "num_kv_blocks", "max_model_len", "kv_cache_memory"):

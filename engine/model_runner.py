@@ -1,9 +1,11 @@
 """Runs an HF transformers causal LM over the paged KV cache, one scheduled step at a time.
 
-The model's own modeling code runs unchanged; only its attention function is ours
-(engine/attention.py): the model is loaded with attn_implementation=ATTN_NAME, and every step
-passes its AttentionMetadata to `model(...)` as the keyword `attn_metadata`, which transformers
-hands on to each attention layer.
+Two forwards over the same loaded weights. The llama and qwen2 families run the engine's native
+forward (engine/native_llama.py: fused projections, no per-op module overhead) unless
+model_impl="transformers". Every other model runs its own modeling code unchanged with only its
+attention function ours (engine/attention.py): the model is loaded with
+attn_implementation=ATTN_NAME, and every step passes its AttentionMetadata to `model(...)` as the
+keyword `attn_metadata`, which transformers hands on to each attention layer.
 
 A step is one flattened batch: input_ids and position_ids [1, T] hold every scheduled
 sequence's new tokens back to back, decodes first, then prefill chunks. Logits are computed
@@ -21,6 +23,7 @@ import torch
 from engine.attention import ATTN_NAME, AttentionMetadata, register_attention
 from engine.config import EngineConfig, EngineConfigError
 from engine.cpu_tuning import keep_freed_memory, trim_heap, use_onednn_linears
+from engine.native_llama import NativeLlama, unsupported_reason
 from engine.scheduler import ScheduledBatch
 from kernels.backend import get_ops
 from kernels.paged_attention import plan_decode
@@ -66,6 +69,13 @@ class ModelRunner:
         ).to(self.device).eval()
         if self.device.type == "cpu":
             use_onednn_linears(self.model)  # same Parameter objects: load_weights updates them in place
+        self.native = None
+        if cfg.model_impl != "transformers":
+            reason = unsupported_reason(self.model)
+            if reason is None:
+                self.native = NativeLlama(self.model)  # views the model's Parameters: in-place updates reach it
+            elif cfg.model_impl == "native":
+                raise EngineConfigError(f"model_impl=native: {reason}")
 
     # --- the KV pool and the weights between rollout phases (LLMEngine.sleep / wake_up) -------
     def allocate_kv(self) -> None:
@@ -85,7 +95,7 @@ class ModelRunner:
         _give_back_memory(self.device)
 
     def release_weights(self) -> None:
-        self.model = None
+        self.model = self.native = None
         _give_back_memory(self.device)
 
     def reload_weights(self) -> None:
@@ -178,6 +188,8 @@ class ModelRunner:
     def forward(self, input_ids, positions, meta: AttentionMetadata, logits_rows: torch.Tensor) -> torch.Tensor:
         """The model over one step's prepared inputs: logits [R, V] in the model's dtype for rows
         `logits_rows`. No block copies, no host sync (engine/cuda_graphs.py captures this)."""
+        if self.native is not None:
+            return self.native.forward(input_ids, positions, meta, logits_rows)
         if self.supports_logits_to_keep:
             out = self.model(
                 input_ids=input_ids, position_ids=positions, use_cache=False, attn_metadata=meta, logits_to_keep=logits_rows

@@ -15,6 +15,7 @@ from transformers import AttentionInterface
 from engine import LLM, AsyncLLM, EngineConfigError, SamplingParams
 from engine.attention import ATTN_NAME, paged_attention_forward
 from engine.block_manager import cdiv
+from engine.native_llama import FAMILIES as NATIVE_FAMILIES
 from engine.sampler import derive_seed
 from tests import tiny
 
@@ -80,14 +81,20 @@ def tokens_of(outputs):
 # --- parity ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", tiny.ARCHS)
-def test_greedy_parity_with_hf_staggered_chunked(arch, tiny_model_factory, questions):
+# every arch on its default forward, and the native families (llama, qwen2) also on the HF forward
+PARITY_CASES = [(a, "auto") for a in tiny.ARCHS] + [(a, "transformers") for a in NATIVE_FAMILIES]
+
+
+@pytest.mark.parametrize("arch,impl", PARITY_CASES)
+def test_greedy_parity_with_hf_staggered_chunked(arch, impl, tiny_model_factory, questions):
     """Requests arrive at different steps; a 16-token step budget chunks every prefill and mixes
     prefill chunks with decodes. Prompts (26-60 tokens) exceed mistral's window (24) and gemma's (16)."""
     model_dir = tiny_model_factory(arch)
     prompts = token_prompts(model_dir, questions, [30, 45, 26, 60, 37])
     refs = hf_greedy(model_dir, prompts, GREEDY.max_tokens)
-    llm = LLM(model_dir, num_kv_blocks=64, max_model_len=256, max_num_batched_tokens=16)
+    llm = LLM(model_dir, num_kv_blocks=64, max_model_len=256, max_num_batched_tokens=16, model_impl=impl)
+    native = llm.engine.runner.native is not None
+    assert native == (impl == "auto" and arch in NATIVE_FAMILIES)
     masks = []
 
     def spy(module, query, key, value, attention_mask, **kwargs):
@@ -100,7 +107,10 @@ def test_greedy_parity_with_hf_staggered_chunked(arch, tiny_model_factory, quest
     finally:
         AttentionInterface.register(ATTN_NAME, paged_attention_forward)
     assert [o.outputs[0].token_ids for o in outs] == refs
-    assert masks and all(m is None for m in masks)  # transformers built no dense mask for us
+    if native:
+        assert masks == []  # the native forward calls the paged attention directly
+    else:
+        assert masks and all(m is None for m in masks)  # transformers built no dense mask for us
     stats = llm.stats
     assert stats.steps > sum(len(p) for p in prompts) / 16  # prefill really was chunked
     assert stats.prompt_tokens_computed == sum(len(p) for p in prompts)

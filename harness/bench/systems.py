@@ -97,23 +97,19 @@ class EngineSystem:
         bm = eng.block_manager
         bm.peak_used_blocks = bm.num_used_blocks
         before = eng.stats
-        counter = _TokenCounter(eng.runner.model)
-        try:
-            t0 = time.monotonic()
-            ids = [
-                eng.add_request(p, SamplingParams(n=wl.n, temperature=wl.temperature, top_p=wl.top_p, max_tokens=wl.max_tokens,
-                                                  ignore_eos=True, seed=derive_seed(wl.seed, i)), arrival_time=t0)
-                for i, p in enumerate(wl.prompts)
-            ]
-            done, steps = {}, []
-            while eng.has_unfinished_requests():
-                for out in eng.step():
-                    if out.finished:
-                        done[out.request_id] = out
-                steps.append((time.monotonic(), eng.stats.generated_tokens))
-            t_end = time.monotonic()
-        finally:
-            counter.close()
+        t0 = time.monotonic()
+        ids = [
+            eng.add_request(p, SamplingParams(n=wl.n, temperature=wl.temperature, top_p=wl.top_p, max_tokens=wl.max_tokens,
+                                              ignore_eos=True, seed=derive_seed(wl.seed, i)), arrival_time=t0)
+            for i, p in enumerate(wl.prompts)
+        ]
+        done, steps = {}, []
+        while eng.has_unfinished_requests():
+            for out in eng.step():
+                if out.finished:
+                    done[out.request_id] = out
+            steps.append((time.monotonic(), eng.stats.generated_tokens))
+        t_end = time.monotonic()
         outs = [done[i] for i in ids]
         errors = [o.error for o in outs if o.error]
         if errors:
@@ -125,7 +121,7 @@ class EngineSystem:
         gen_at = next(g for t, g in steps if t >= t_last_first)
         decode_tokens = after.generated_tokens - gen_at
         run = _finish_run(
-            wl, t_end - t0, generated, counter.count, [f - t0 for f in first for _ in range(wl.n)],
+            wl, t_end - t0, generated, after.tokens_computed - before.tokens_computed, [f - t0 for f in first for _ in range(wl.n)],
             decode_tokens, t_end - t_last_first,
             peak_kv_bytes=bm.peak_used_blocks * eng.runner.bytes_per_block,
             kv_pool_bytes=bm.num_blocks * eng.runner.bytes_per_block,
