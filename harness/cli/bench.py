@@ -79,6 +79,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     ro.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ro.set_defaults(func=cmd_rollout)
 
+    lc = bsub.add_parser("llama-cpp", help="llama.cpp's llama-batched-bench -pps (built from source) on Q4_1 and F32 weights",
+                         description="Builds llama.cpp once from the llama-cpp-python sdist into the cache, makes an F32 "
+                                     "GGUF of the preset's Q4_1 weights, and times llama-batched-bench with the prompt "
+                                     "shared across n sequences (-pps).")
+    lc.add_argument("--model", default="smollm2-135m-instruct", help="preset name (its GGUF) or a .gguf file")
+    lc.add_argument("--prompt-tokens", type=int, default=900, help="shared prompt tokens (default 900)")
+    lc.add_argument("--max-tokens", "-M", type=int, default=128, help="new tokens per sequence (default 128)")
+    lc.add_argument("--n", nargs="+", default=["1", "4", "16", "64"], help="parallel sequences; several values = a sweep")
+    lc.add_argument("--threads", type=int, default=2, help="llama.cpp threads, -t and -tb (default 2)")
+    lc.add_argument("--reps", type=int, default=3, help="repetitions, interleaved across weights and n (default 3)")
+    lc.add_argument("--quants", default="Q4_1,F32", help="weights: the GGUF as shipped (Q4_1) and/or dequantised (F32)")
+    lc.add_argument("--kv-unified", action="store_true", help="llama.cpp -kvu: one KV buffer, the prompt's cells shared")
+    lc.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    lc.add_argument("--build-only", action="store_true", help="only build llama.cpp and make the F32 GGUF, then stop")
+    lc.set_defaults(func=cmd_llama_cpp)
+
     # harness.bench.kernels (Triton, imported only when this command runs) parses its own options: this
     # parser takes every argument verbatim (no prefix characters, so "--x" is not an option here)
     kp = bsub.add_parser("kernels", help="attention kernel micro-benchmark (harness.bench.kernels)", add_help=False,
@@ -184,3 +200,40 @@ def cmd_sc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _llama_cpp_ns(values: list[str]) -> list[int]:
+    ns = []
+    for item in values:
+        for part in str(item).split(","):
+            if not part.strip():
+                continue
+            if not part.strip().isdigit() or int(part) < 1:
+                raise HarnessError(f"--n values must be positive integers, got {part.strip()!r}")
+            ns.append(int(part))
+    if not ns:
+        raise HarnessError("--n: give at least one value")
+    if len(set(ns)) != len(ns):
+        raise HarnessError(f"--n: {' '.join(map(str, ns))} repeats a value")
+    return ns
+
+
+def cmd_llama_cpp(args: argparse.Namespace) -> int:
+    from harness.bench import llama_cpp
+
+    ns = _llama_cpp_ns(args.n)
+    quants = llama_cpp.parse_quants(args.quants)
+    for flag in ("prompt_tokens", "max_tokens", "threads", "reps"):
+        if getattr(args, flag) < 1:
+            raise HarnessError(f"--{flag.replace('_', '-')} must be positive")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.build_only:
+        src, _ = llama_cpp.resolve_gguf(args.model)
+        llama_cpp.check_quants(quants, llama_cpp.gguf_summary(src)["file_type"])
+        bin_dir = llama_cpp.build_llama_cpp(log)
+        print(f"llama.cpp binaries: {bin_dir}")
+        if "F32" in quants:
+            print(f"F32 GGUF: {llama_cpp.f32_gguf(bin_dir, src, log)}")
+        return 0
+    result = llama_cpp.run_llama_cpp_bench(args.model, args.prompt_tokens, args.max_tokens, ns, args.threads, args.reps,
+                                           quants=quants, log=log, kv_unified=args.kv_unified)
+    result["command"] = "harness " + " ".join(sys.argv[1:]) if sys.argv[1:3] == ["bench", "llama-cpp"] else None
+    return _write_report(args.out, f"llama-cpp-{slug(result['workload']['model'])}", result, llama_cpp.markdown(result))
