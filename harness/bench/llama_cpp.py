@@ -44,9 +44,10 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from harness import HarnessError
+from harness.models.cache import file_lock
 
 SCHEMA = "reasoning-harness/bench-llama-cpp/1"
 BUILD_FORMAT = 1
@@ -101,22 +102,6 @@ def _cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,7 +241,7 @@ def build_llama_cpp(log: Log = _stderr_log, version: str = LLAMA_CPP_PYTHON_VERS
     final = root / version
     if read_build(final, version) is not None:
         return final / "bin"
-    with _locked(root / f".{version}.lock"):
+    with file_lock(root / f".{version}.lock"):
         if read_build(final, version) is not None:
             return final / "bin"  # another process built it while we waited
         tools = _check_tools()
@@ -393,7 +378,7 @@ def f32_gguf(bin_dir: Path, q_gguf: Path, log: Log = _stderr_log) -> Path:
         if meta.get("source_sha256") == sha and out.is_file() and out.stat().st_size == meta.get("size"):
             return out
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(out_dir / f".{base}.F32.lock"):
+    with file_lock(out_dir / f".{base}.F32.lock"):
         tmp = out_dir / f".{base}.F32.{os.getpid()}.gguf"
         log_path = out_dir / f"{base}.F32.log"
         cmd = [str(Path(bin_dir) / "llama-quantize"), "--allow-requantize", str(q_gguf), str(tmp), "F32"]

@@ -91,10 +91,10 @@ def dir_revision(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _locked(key: str) -> Iterator[None]:
-    d = models_cache()
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / f".{key}.lock", "w") as f:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive cross-process lock held on the file `path` (created) while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
@@ -105,6 +105,10 @@ def _locked(key: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _locked(key: str):
+    return file_lock(models_cache() / f".{key}.lock")
 
 
 def dir_size(path: Path) -> int:
